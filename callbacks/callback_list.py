@@ -1,0 +1,142 @@
+"""`CallbackList`: sorts callbacks once by `callback_order` and dispatches hooks.
+
+The dispatch table is built once: for every hook, the bound methods of the
+callbacks that override it, in order, each marked sync or async. The loop asks
+`wants(hook)` before building any arguments, so a hook nobody overrides costs a
+dict lookup and nothing else.
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any, Callable, Iterable
+
+import keras
+import numpy as np
+
+from callbacks.callback import ALL_HOOKS, KERAS_HOOKS, Callback, StopTraining, Update, overrides
+
+
+class CallableCallback(Callback):
+    """Wraps a plain callable `(step, logs, program) -> bool` given in `callbacks=`.
+
+    It runs at `before_parameter_update`; returning False stops training after
+    the current step (other return values, None included, continue).
+    """
+
+    def __init__(self, fn: Callable):
+        super().__init__()
+        self.fn = fn
+        self._is_async = inspect.iscoroutinefunction(fn)
+        name = getattr(fn, "__qualname__", type(fn).__qualname__)
+        self._name = name
+
+    @property
+    def state_key(self) -> str:
+        return f"callable:{self._name}"
+
+    async def before_parameter_update(self, step, update):
+        logs = dict(update.logs)
+        logs["loss"] = update.loss
+        result = self.fn(step, logs, self.program)
+        if self._is_async or inspect.isawaitable(result):
+            result = await result
+        if result is False or (isinstance(result, np.bool_) and not result):
+            raise StopTraining(f"callable {self._name} returned False at step {step}")
+
+
+def _as_callback(obj: Any) -> Any:
+    if isinstance(obj, (Callback, keras.callbacks.Callback)):
+        return obj
+    if callable(obj) and not isinstance(obj, type):
+        return CallableCallback(obj)
+    raise TypeError(
+        f"callbacks= got {obj!r} of type {type(obj).__name__}. Each entry must be a "
+        "callbacks.Callback, a keras.callbacks.Callback, or a callable "
+        "(step, logs, program) -> bool."
+    )
+
+
+class CallbackList:
+    """An ordered list of callbacks with one dispatch table.
+
+    Args:
+        callbacks: `Callback`s, `keras.callbacks.Callback`s, or plain callables.
+        program: the program, set on every callback.
+        params: the `params` dict, set on every callback.
+    """
+
+    def __init__(self, callbacks: Iterable = (), program=None, params: dict | None = None):
+        converted = [_as_callback(cb) for cb in callbacks or ()]
+        # sorted() is stable: ties keep list order.
+        self.callbacks = sorted(converted, key=lambda cb: getattr(cb, "callback_order", 0))
+        self._table: dict[str, tuple] = {}
+        for hook in ALL_HOOKS:
+            entries = []
+            for cb in self.callbacks:
+                if isinstance(cb, keras.callbacks.Callback) and hook not in KERAS_HOOKS:
+                    continue
+                if overrides(cb, hook):
+                    fn = getattr(cb, hook)
+                    entries.append((fn, inspect.iscoroutinefunction(fn)))
+            self._table[hook] = tuple(entries)
+        self.program = None
+        if program is not None:
+            self.set_program(program)
+        if params is not None:
+            self.set_params(params)
+
+    def set_program(self, program) -> None:
+        self.program = program
+        for cb in self.callbacks:
+            if isinstance(cb, Callback):
+                cb.set_program(program)
+            else:
+                cb.set_model(program)
+
+    def set_params(self, params: dict) -> None:
+        for cb in self.callbacks:
+            cb.set_params(params)
+
+    def wants(self, hook: str) -> bool:
+        """Whether any callback overrides `hook`."""
+        return bool(self._table[hook])
+
+    async def fire(self, hook: str, *args) -> None:
+        """Call `hook` on every callback that overrides it, in order."""
+        for fn, is_async in self._table[hook]:
+            if is_async:
+                await fn(*args)
+            else:
+                fn(*args)
+
+    async def reject(self, step: int, update: Update) -> bool:
+        """Fire `on_compute_update_end`; True when any callback rejects the update."""
+        rejected = False
+        for fn, is_async in self._table["on_compute_update_end"]:
+            answer = await fn(step, update) if is_async else fn(step, update)
+            if not isinstance(answer, (bool, np.bool_)):
+                raise TypeError(
+                    f"{fn.__qualname__} returned {answer!r} ({type(answer).__name__}); "
+                    "on_compute_update_end must return a bool: True to reject the "
+                    "update and recompute it, False to accept it."
+                )
+            rejected = rejected or bool(answer)
+        return rejected
+
+    async def fire_error(self, error: BaseException) -> None:
+        """Fire `on_train_error` on every callback; a failing handler only warns."""
+        for fn, is_async in self._table["on_train_error"]:
+            try:
+                if is_async:
+                    await fn(error)
+                else:
+                    fn(error)
+            except Exception as handler_error:  # the original error must propagate
+                warnings.warn(f"{fn.__qualname__} failed while handling {error!r}: {handler_error!r}")
+
+    def __iter__(self):
+        return iter(self.callbacks)
+
+    def __len__(self) -> int:
+        return len(self.callbacks)

@@ -1,0 +1,38 @@
+"""Per-backend steps. Each module defines a `Stepper` with the same small surface:
+
+- `compute(batch) -> (loss, grads, grad_norm_or_None, aux)`: loss and gradients, nothing applied.
+- `apply(grads, aux) -> logs`: apply the update, update metrics, return running-mean logs.
+- `train_step(batch) -> logs`: both at once (fused), used when no hook sits between them.
+- `test_step(batch) -> logs`, `predict_step(x) -> y_pred`, `begin_eval()`.
+- `push()`: write the loop's state back into the program's variables (JAX keeps it
+  outside them); `reset_metrics()`; `signature(batch)` to spot first calls that compile.
+- `snapshot()` / `restore()`: non-trainable state, so a rejected attempt leaves no trace.
+
+The loop (`trainer.loop`) is the only caller.
+"""
+from __future__ import annotations
+
+import keras
+
+
+def make_stepper(program):
+    backend = keras.backend.backend()
+    if backend == "jax":
+        from trainer.backends.jax_step import Stepper
+    elif backend == "torch":
+        from trainer.backends.torch_step import Stepper
+    elif backend == "tensorflow":
+        from trainer.backends.tensorflow_step import Stepper
+    else:
+        raise RuntimeError(
+            f"KERAS_BACKEND={backend!r} is not supported by asyncfit; use 'jax' (default), 'torch' or 'tensorflow'."
+        )
+    return Stepper(program)
+
+
+def batch_signature(batch) -> tuple:
+    """Shapes and dtypes of a batch: a new signature means the next call compiles."""
+    return tuple(
+        None if leaf is None else (tuple(leaf.shape), str(leaf.dtype))
+        for leaf in keras.tree.flatten(batch, )
+    )

@@ -1,0 +1,154 @@
+"""JAX steps: jitted, stateless, with the training state's buffers donated.
+
+The state `(trainable, non_trainable, optimizer, metrics)` lives here, outside the
+Keras variables, for the whole loop (as in Keras' own JAX trainer). `push()` writes
+it back; whoever then changes a variable (a callback, ReduceLROnPlateau) is seen,
+because the next step reads the state from the variables again.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from keras import tree
+
+from trainer.backends import batch_signature
+
+
+def _global_norm(grads):
+    return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in grads if g is not None))
+
+
+def _build_functions(program) -> dict:
+    def compute(state, batch):
+        trainable, non_trainable, optimizer_vars, metrics_vars = state
+        x, y, sample_weight = batch
+        grad_fn = jax.value_and_grad(program.compute_loss_and_updates, has_aux=True)
+        (_, aux), grads = grad_fn(trainable, non_trainable, metrics_vars, x, y, sample_weight,
+                                  training=True, optimizer_variables=optimizer_vars)
+        unscaled_loss, y_pred, new_non_trainable, new_metrics = aux
+        return unscaled_loss, grads, _global_norm(grads), (unscaled_loss, y_pred, new_non_trainable, new_metrics, batch)
+
+    def apply(state, grads, aux):
+        trainable, _, optimizer_vars, _ = state
+        unscaled_loss, y_pred, non_trainable, metrics_vars, (x, y, sample_weight) = aux
+        trainable, optimizer_vars = program.optimizer.stateless_apply(optimizer_vars, grads, trainable)
+        logs, metrics_vars = program._update_metrics_variables(metrics_vars, unscaled_loss, x, y, y_pred, sample_weight)
+        return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
+
+    def fused(state, batch):
+        _, grads, _, aux = compute(state, batch)
+        return apply(state, grads, aux)
+
+    def test(trainable, non_trainable, metrics_vars, batch):
+        logs, (_, _, metrics_vars) = program.test_step((trainable, non_trainable, metrics_vars), batch)
+        return logs, metrics_vars
+
+    def predict(trainable, non_trainable, x):
+        outputs, _ = program.predict_step((trainable, non_trainable), (x,))
+        return outputs
+
+    return {
+        "compute": jax.jit(compute),
+        "apply": jax.jit(apply, donate_argnums=0),
+        "fused": jax.jit(fused, donate_argnums=0),
+        "test": jax.jit(test, donate_argnums=2),
+        "predict": jax.jit(predict),
+        "grad_norm": jax.jit(_global_norm),
+    }
+
+
+class Stepper:
+    def __init__(self, program):
+        self.program = program
+        cache = program.__dict__.setdefault("_asyncfit_compiled", {})
+        if "jax" not in cache:
+            cache["jax"] = _build_functions(program)
+        self.fns = cache["jax"]
+        self.state = None
+        self.eval_metrics = None
+        self._stale = True  # the variables may be newer than self.state
+        self._synced = True  # the variables hold self.state
+        self.seen: set = set()
+
+    # -- state ---------------------------------------------------------------------
+    def _pull(self):
+        p = self.program
+        optimizer_vars = p.optimizer.variables if p.optimizer is not None else []
+        self.state = (
+            [v.value for v in p.trainable_variables],
+            [v.value for v in p.non_trainable_variables],
+            [v.value for v in optimizer_vars],
+            [v.value for v in p.metrics_variables],
+        )
+        self._stale = False
+
+    def _current(self):
+        if self._stale:
+            self._pull()
+        return self.state
+
+    def push(self) -> None:
+        if self._synced or self.state is None:
+            return
+        p = self.program
+        optimizer_vars = p.optimizer.variables if p.optimizer is not None else []
+        for refs, values in zip(
+            (p.trainable_variables, p.non_trainable_variables, optimizer_vars, p.metrics_variables), self.state
+        ):
+            for ref, value in zip(refs, values):
+                ref.assign(value)
+        self._synced = True
+        self._stale = True  # a caller may change the variables now
+
+    def reset_metrics(self) -> None:
+        self.push()
+        self.program.reset_metrics()
+        self._stale = True
+
+    def snapshot(self):
+        return None  # a rejected attempt never touches the state: compute is pure
+
+    def restore(self, snapshot) -> None:
+        pass
+
+    def signature(self, kind: str, batch) -> tuple:
+        return (kind, batch_signature(batch))
+
+    # -- steps -----------------------------------------------------------------------
+    def compute(self, batch):
+        loss, grads, grad_norm, aux = self.fns["compute"](self._current(), batch)
+        return loss, grads, grad_norm, aux
+
+    def apply(self, grads, aux):
+        logs, self.state = self.fns["apply"](self._current(), grads, aux)
+        self._synced = False
+        return logs
+
+    def train_step(self, batch):
+        logs, self.state = self.fns["fused"](self._current(), batch)
+        self._synced = False
+        return logs
+
+    def grad_norm(self, grads):
+        return self.fns["grad_norm"](grads)
+
+    def begin_eval(self) -> None:
+        self.reset_metrics()
+        self.eval_metrics = [v.value for v in self.program.metrics_variables]
+
+    def test_step(self, batch):
+        trainable, non_trainable, _, _ = self._current()
+        logs, self.eval_metrics = self.fns["test"](trainable, non_trainable, self.eval_metrics, batch)
+        return logs
+
+    def predict_step(self, x):
+        trainable, non_trainable, _, _ = self._current()
+        return self.fns["predict"](trainable, non_trainable, x)
+
+    def wait(self, value) -> None:
+        """Block until `value` (any pytree of arrays) is computed."""
+        jax.block_until_ready(value)
+
+    def is_ready(self, value) -> bool:
+        leaves = tree.flatten(value)
+        return all(leaf.is_ready() for leaf in leaves if hasattr(leaf, "is_ready"))

@@ -1,0 +1,347 @@
+"""Data adapters: every supported input becomes a `Source` of `(x, y, sample_weight)` batches.
+
+Array-like inputs (NumPy, dicts of arrays, pandas, lists) are held in memory; an
+epoch's order is a permutation drawn from `(seed, epoch)`, so it is the same every
+time and a run can resume at any batch of any epoch. Iterables, generators, async
+iterables and `keras.utils.PyDataset` stream batches as they come.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+from typing import Any, AsyncIterator, Iterator
+
+import keras
+import numpy as np
+from keras import tree
+
+Batch = tuple  # (x, y, sample_weight)
+
+
+def _to_array(value: Any) -> np.ndarray:
+    if hasattr(value, "to_numpy"):  # pandas DataFrame / Series
+        value = value.to_numpy()
+    array = np.asarray(value)
+    if array.dtype == object:
+        raise ValueError(
+            f"could not turn the data into a numeric array (got dtype=object from "
+            f"{type(value).__name__}); pass NumPy arrays, DataFrames or lists of numbers."
+        )
+    if np.issubdtype(array.dtype, np.floating) and array.dtype != np.dtype(keras.config.floatx()):
+        array = array.astype(keras.config.floatx())  # as Keras' adapters do
+    return array
+
+
+def standardize_arrays(data: Any) -> Any:
+    """Arrays, dicts/lists of arrays and pandas objects -> a structure of np.ndarrays."""
+    if data is None:
+        return None
+    if isinstance(data, dict):
+        return {key: _to_array(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)) and data and all(
+        isinstance(item, np.ndarray) or hasattr(item, "to_numpy") for item in data
+    ):
+        return tuple(_to_array(item) for item in data)  # one array per program input
+    return _to_array(data)
+
+
+def is_array_like(data: Any) -> bool:
+    if isinstance(data, (np.ndarray, list, tuple)) or hasattr(data, "to_numpy"):
+        return True
+    if isinstance(data, dict):
+        return all(isinstance(v, (np.ndarray, list)) or hasattr(v, "to_numpy") for v in data.values())
+    return hasattr(data, "__array__") and not isinstance(data, keras.utils.PyDataset)
+
+
+def _num_samples(structure: Any) -> int:
+    return len(tree.flatten(structure)[0])
+
+
+def unpack_batch(item: Any) -> Batch:
+    """A streamed element -> `(x, y, sample_weight)` (as Keras accepts them)."""
+    if isinstance(item, tuple):
+        if len(item) == 1:
+            return (item[0], None, None)
+        if len(item) == 2:
+            return (item[0], item[1], None)
+        if len(item) == 3:
+            return item
+        raise ValueError(
+            f"a batch must be x, (x,), (x, y) or (x, y, sample_weight); got a tuple of {len(item)} items."
+        )
+    return (item, None, None)
+
+
+class Source:
+    """Batches for one `fit`/`evaluate`/`predict` call."""
+
+    is_async = False
+    resumable = False  # can restart at (epoch, batch) exactly
+
+    def steps(self) -> int | None:
+        """Batches per epoch, or None when unknown."""
+        raise NotImplementedError
+
+    def first_batch(self) -> Batch:
+        """One batch, for building and checking the program before the first step."""
+        raise NotImplementedError
+
+    def epoch(self, epoch: int, start_batch: int = 0):
+        """An iterator (or async iterator when `is_async`) over one epoch's batches."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict:
+        return {"kind": type(self).__name__}
+
+
+class ArraySource(Source):
+    """In-memory arrays; shuffled per epoch by a permutation drawn from (seed, epoch)."""
+
+    resumable = True
+
+    def __init__(self, x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int = 32,
+                 shuffle: bool = False, seed: int = 0, steps_per_epoch: int | None = None):
+        self.x = standardize_arrays(x)
+        self.y = standardize_arrays(y)
+        self.sample_weight = standardize_arrays(sample_weight)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_samples = _num_samples(self.x)
+        self._check_lengths()
+        full = math.ceil(self.num_samples / batch_size)
+        if steps_per_epoch is not None and steps_per_epoch > full:
+            raise ValueError(
+                f"steps_per_epoch={steps_per_epoch} is more than the {full} batches of "
+                f"{batch_size} that {self.num_samples} samples give; pass steps_per_epoch<={full} or None."
+            )
+        self._steps = steps_per_epoch or full
+
+    def _check_lengths(self) -> None:
+        lengths = {}
+        for name, part in (("x", self.x), ("y", self.y), ("sample_weight", self.sample_weight)):
+            if part is not None:
+                for leaf in tree.flatten(part):
+                    lengths.setdefault(name, set()).add(len(leaf))
+        all_lengths = set().union(*lengths.values())
+        if len(all_lengths) > 1:
+            detail = ", ".join(f"{k} has {sorted(v)}" for k, v in lengths.items())
+            raise ValueError(
+                f"x and y must have the same number of samples: {detail}. "
+                "Pass arrays whose first dimensions agree."
+            )
+        if self.num_samples == 0:
+            raise ValueError("the data is empty (0 samples); pass at least one sample.")
+
+    def steps(self) -> int:
+        return self._steps
+
+    def order(self, epoch: int) -> np.ndarray | None:
+        if not self.shuffle:
+            return None
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch]))
+        return rng.permutation(self.num_samples)
+
+    def _take(self, index) -> Batch:
+        def take(part):
+            return None if part is None else tree.map_structure(lambda a: a[index], part)
+
+        return (take(self.x), take(self.y), take(self.sample_weight))
+
+    def first_batch(self) -> Batch:
+        return self._take(slice(0, self.batch_size))
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        order = self.order(epoch)
+        # Gather the epoch's order once; each batch is then a cheap view.
+        x, y, sw = (self.x, self.y, self.sample_weight) if order is None else self._take(order)
+        bs = self.batch_size
+
+        def view(part, lo, hi):
+            return None if part is None else tree.map_structure(lambda a: a[lo:hi], part)
+
+        for i in range(start_batch, self._steps):
+            lo, hi = i * bs, min((i + 1) * bs, self.num_samples)
+            yield (view(x, lo, hi), view(y, lo, hi), view(sw, lo, hi))
+
+    def split(self, fraction: float) -> tuple["ArraySource", "ArraySource"]:
+        """The last `fraction` of samples (before shuffling) become validation, as in Keras."""
+        n_val = int(math.floor(self.num_samples * fraction))
+        n_train = self.num_samples - n_val
+        if n_val == 0 or n_train == 0:
+            raise ValueError(
+                f"validation_split={fraction} of {self.num_samples} samples leaves "
+                f"{n_train} for training and {n_val} for validation; both need at least one. "
+                "Pick a split strictly between 0 and 1 that leaves samples on both sides."
+            )
+
+        def part(lo, hi):
+            def cut(p):
+                return None if p is None else tree.map_structure(lambda a: a[lo:hi], p)
+            return cut(self.x), cut(self.y), cut(self.sample_weight)
+
+        train = ArraySource(*part(0, n_train), batch_size=self.batch_size, shuffle=self.shuffle, seed=self.seed)
+        val = ArraySource(*part(n_train, self.num_samples), batch_size=self.batch_size)
+        return train, val
+
+    def fingerprint(self) -> dict:
+        leaves = tree.flatten((self.x, self.y))
+        sample = [np.asarray(leaf[: min(8, len(leaf))]).tobytes() for leaf in leaves]
+        import hashlib
+
+        return {
+            "kind": "arrays",
+            "length": self.num_samples,
+            "shapes": [list(leaf.shape[1:]) for leaf in leaves],
+            "dtypes": [str(leaf.dtype) for leaf in leaves],
+            "sample_hash": hashlib.sha256(b"".join(sample)).hexdigest()[:16],
+        }
+
+
+class PyDatasetSource(Source):
+    """`keras.utils.PyDataset`: `len()` batches, `ds[i]`, `on_epoch_end()`."""
+
+    resumable = True
+
+    def __init__(self, dataset: keras.utils.PyDataset, *, shuffle: bool = False, seed: int = 0,
+                 steps_per_epoch: int | None = None):
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.seed = seed
+        n = len(dataset)
+        if n == 0:
+            raise ValueError("the PyDataset is empty (len() == 0); it must give at least one batch.")
+        self._steps = min(steps_per_epoch, n) if steps_per_epoch else n
+
+    def steps(self) -> int:
+        return self._steps
+
+    def first_batch(self) -> Batch:
+        return unpack_batch(self.dataset[0])
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        indices = np.arange(len(self.dataset))
+        if self.shuffle:
+            indices = np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(indices)
+        for i in range(start_batch, self._steps):
+            yield unpack_batch(self.dataset[int(indices[i])])
+        self.dataset.on_epoch_end()
+
+
+class IterableSource(Source):
+    """Python iterables and generators of batches.
+
+    A re-iterable object (a list of batches, an object whose `__iter__` gives a
+    new iterator) starts again each epoch. A one-shot generator goes on where the
+    previous epoch stopped; once it is exhausted, training ends with a warning,
+    as in Keras. With `steps_per_epoch`, each epoch takes that many batches.
+    """
+
+    def __init__(self, iterable: Any, *, steps_per_epoch: int | None = None):
+        self.iterable = iterable
+        self.one_shot = iter(iterable) is iterable
+        self._iterator = iter(iterable)
+        self._steps = steps_per_epoch
+        self._peeked: list = []
+        try:
+            self._peeked.append(next(self._iterator))
+        except StopIteration:
+            raise ValueError("the data is empty: the iterable gave no batch.") from None
+        if steps_per_epoch is None and not self.one_shot and hasattr(iterable, "__len__"):
+            self._steps = len(iterable)
+        self.exhausted = False
+
+    def steps(self) -> int | None:
+        return self._steps
+
+    def first_batch(self) -> Batch:
+        return unpack_batch(self._peeked[0])
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        if self._peeked:
+            iterator = itertools.chain(self._peeked, self._iterator)
+            self._peeked = []
+        elif self.one_shot:
+            iterator = self._iterator
+        else:
+            iterator = iter(self.iterable)
+        count = 0
+        for item in iterator:
+            if count >= start_batch:
+                yield unpack_batch(item)
+            count += 1
+            if self._steps is not None and count >= self._steps:
+                return
+        if self.one_shot:
+            self.exhausted = True
+
+
+class AsyncIterableSource(Source):
+    """Async iterables and async generators of batches (same epoch rules as IterableSource)."""
+
+    is_async = True
+
+    def __init__(self, iterable: Any, *, steps_per_epoch: int | None = None):
+        self.iterable = iterable
+        self._iterator = iterable.__aiter__()
+        self.one_shot = self._iterator is iterable
+        self._steps = steps_per_epoch
+        self._peeked: list = []
+        self.exhausted = False
+
+    async def prime(self) -> None:
+        if not self._peeked:
+            try:
+                self._peeked.append(await self._iterator.__anext__())
+            except StopAsyncIteration:
+                raise ValueError("the data is empty: the async iterable gave no batch.") from None
+
+    def steps(self) -> int | None:
+        return self._steps
+
+    def first_batch(self) -> Batch:
+        return unpack_batch(self._peeked[0])
+
+    async def epoch(self, epoch: int, start_batch: int = 0) -> AsyncIterator[Batch]:
+        if not self.one_shot and not self._peeked and epoch > 0:
+            self._iterator = self.iterable.__aiter__()
+        count = 0
+        while self._steps is None or count < self._steps:
+            if self._peeked:
+                item = self._peeked.pop()
+            else:
+                try:
+                    item = await self._iterator.__anext__()
+                except StopAsyncIteration:
+                    self.exhausted = self.one_shot
+                    return
+            if count >= start_batch:
+                yield unpack_batch(item)
+            count += 1
+
+
+def make_source(x: Any, y: Any = None, *, batch_size: int, shuffle: bool = False, seed: int = 0,
+                steps_per_epoch: int | None = None, sample_weight: Any = None) -> Source:
+    """Pick the adapter for `x` (and `y`)."""
+    if x is None:
+        raise ValueError("x is None; pass the training data as x (and y).")
+    if isinstance(x, keras.utils.PyDataset):
+        _no_y(x, y)
+        return PyDatasetSource(x, shuffle=shuffle, seed=seed, steps_per_epoch=steps_per_epoch)
+    if hasattr(x, "__aiter__"):
+        _no_y(x, y)
+        return AsyncIterableSource(x, steps_per_epoch=steps_per_epoch)
+    if inspect.isgenerator(x) or (not is_array_like(x) and hasattr(x, "__iter__")):
+        _no_y(x, y)
+        return IterableSource(x, steps_per_epoch=steps_per_epoch)
+    return ArraySource(x, y, sample_weight, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                       steps_per_epoch=steps_per_epoch)
+
+
+def _no_y(x: Any, y: Any) -> None:
+    if y is not None:
+        raise ValueError(
+            f"y must be None when x is a {type(x).__name__}: the batches it gives carry "
+            "their own targets as (x, y) or (x, y, sample_weight)."
+        )

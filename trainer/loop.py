@@ -1,0 +1,279 @@
+"""The one async engine behind `fit`, `evaluate` and `predict`.
+
+Every hook's call site is in this file, in the order of DESIGN.md:
+
+    on_train_begin
+    for epoch: on_epoch_begin
+        for batch: on_train_batch_begin
+            [on_compute_update_begin, compute, on_compute_update_end]* (retry on reject)
+            before_parameter_update, apply (step_count += 1)
+            on_train_batch_end
+        validation: on_test_* (+ on_eval per named evaluator)
+        on_epoch_end
+    on_train_end | on_train_error
+
+Speed rules: a hook nobody overrides is never called (`callbacks.wants`); when no
+callback sits between computing and applying an update, one fused step does both;
+batch logs stay on the device (a hook that reads them pays the copy); epoch logs are
+copied to the host once per epoch.
+
+Responsiveness rules: the loop yields to the event loop every `YIELD_EVERY_S`; the
+first call of a step with a new batch signature (a compile) runs in a worker thread;
+at most `MAX_QUEUED_STEPS` steps are queued on the device before the loop waits for
+them, in a worker thread too.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+from keras import tree
+
+from callbacks.callback import StopTraining, Update
+from callbacks.callback_list import CallbackList
+from trainer.backends import make_stepper
+from trainer.data import ArraySource, Source
+
+YIELD_EVERY_S = 0.002
+MAX_QUEUED_STEPS = 8
+
+STEP_STAGE_HOOKS = ("on_compute_update_begin", "on_compute_update_end", "before_parameter_update")
+
+
+def to_host(logs: dict | None) -> dict:
+    """Device scalars -> Python floats (one copy per value; used once per epoch)."""
+    if not logs:
+        return {}
+    host = {}
+    for key, value in logs.items():
+        array = np.asarray(value)
+        host[key] = float(array) if array.ndim == 0 else array.tolist()
+    return host
+
+
+class Pacer:
+    """Keeps the event loop responsive and the device queue short."""
+
+    def __init__(self, stepper):
+        self.stepper = stepper
+        self.last_yield = time.perf_counter()
+        self.count = 0
+        self.pending = None
+
+    async def tick(self, token: Any) -> None:
+        self.count += 1
+        if self.count % MAX_QUEUED_STEPS == 0:
+            # JAX dispatches asynchronously: wait for the step queued MAX_QUEUED_STEPS ago.
+            pending, self.pending = self.pending, token
+            if pending is not None and not self.stepper.is_ready(pending):
+                await asyncio.to_thread(self.stepper.wait, pending)
+                self.last_yield = time.perf_counter()
+                return
+        now = time.perf_counter()
+        if now - self.last_yield >= YIELD_EVERY_S:
+            await asyncio.sleep(0)
+            self.last_yield = time.perf_counter()
+
+
+class Engine:
+    """Runs one `fit`, `evaluate` or `predict` call of a program."""
+
+    def __init__(self, program, callbacks: CallbackList):
+        self.program = program
+        self.callbacks = callbacks
+        self.stepper = make_stepper(program)
+        self.pacer = Pacer(self.stepper)
+
+    async def run(self, kind: str, batch, fn: Callable, *args):
+        """Call `fn(*args)`, a step on `batch`; its first call per batch signature
+        compiles, so it goes to a worker thread and the event loop keeps running."""
+        signature = self.stepper.signature(kind, batch)
+        if signature in self.stepper.seen:
+            return fn(*args)
+        result = await asyncio.to_thread(fn, *args)
+        self.stepper.seen.add(signature)
+        return result
+
+    # -- training ------------------------------------------------------------------------
+    async def fit(self, source: Source, validation: dict[str, Source], *, epochs: int,
+                  initial_epoch: int, validation_freq: int, max_attempts: int,
+                  start_batch: int = 0) -> dict:
+        program, hooks, stepper = self.program, self.callbacks, self.stepper
+        split = any(hooks.wants(h) for h in STEP_STAGE_HOOKS)
+        wants_batch_begin = hooks.wants("on_train_batch_begin")
+        wants_batch_end = hooks.wants("on_train_batch_end")
+        epoch_logs: dict = {}
+        program.stop_training = False
+        object.__setattr__(program, "_asyncfit_stepper", stepper)
+        object.__setattr__(program, "_asyncfit_in_fit", True)
+        try:
+            if hooks.wants("on_train_begin"):
+                await hooks.fire("on_train_begin", None)
+            for epoch in range(initial_epoch, epochs):
+                object.__setattr__(program, "_asyncfit_epoch", epoch)
+                stepper.reset_metrics()
+                if hooks.wants("on_epoch_begin"):
+                    await hooks.fire("on_epoch_begin", epoch, None)
+                logs = None
+                first = start_batch if epoch == initial_epoch else 0
+                batches = source.epoch(epoch, first)
+                batch_index = first
+                while True:
+                    batch = await _next(batches, source.is_async)
+                    if batch is None:
+                        break
+                    object.__setattr__(program, "_asyncfit_batch", batch_index)
+                    if wants_batch_begin:
+                        await hooks.fire("on_train_batch_begin", batch_index, None)
+                    if split:
+                        logs = await self._staged_step(batch, max_attempts)
+                    else:
+                        logs = await self.run("fused", batch, stepper.train_step, batch)
+                    program._step_count += 1
+                    if wants_batch_end:
+                        await hooks.fire("on_train_batch_end", batch_index, logs)
+                    batch_index += 1
+                    if program.stop_training:
+                        break
+                    await self.pacer.tick(logs)
+                if logs is None:
+                    warnings.warn(
+                        f"the training data ran out before epoch {epoch + 1} of {epochs}: "
+                        "a one-shot generator was exhausted; pass steps_per_epoch or a re-iterable source."
+                    )
+                    break
+                epoch_logs = to_host(logs)
+                if validation and (epoch + 1) % validation_freq == 0:
+                    epoch_logs.update(await self._validate(epoch, validation))
+                if hooks.wants("on_epoch_end"):
+                    await hooks.fire("on_epoch_end", epoch, epoch_logs)
+                if program.stop_training:
+                    break
+        except StopTraining as stop:
+            object.__setattr__(program, "stop_reason", str(stop) or "StopTraining")
+        except BaseException as error:
+            stepper.push()
+            await hooks.fire_error(error)
+            self._finish()
+            raise
+        self._finish()
+        if hooks.wants("on_train_end"):
+            try:
+                await hooks.fire("on_train_end", epoch_logs)
+            except StopTraining:
+                pass
+        return epoch_logs
+
+    def _finish(self) -> None:
+        self.stepper.push()
+        program = self.program
+        program.stop_training = False  # never leaks into the next fit
+        for name in ("_asyncfit_stepper", "_asyncfit_in_fit", "_asyncfit_epoch", "_asyncfit_batch"):
+            program.__dict__.pop(name, None)
+
+    async def _staged_step(self, batch, max_attempts: int):
+        """One optimizer step with its stages: compute, maybe reject and retry, apply."""
+        hooks, stepper = self.callbacks, self.stepper
+        step = self.program._step_count
+        update = Update(batch)
+        update._grad_norm_fn = stepper.grad_norm
+        may_reject = hooks.wants("on_compute_update_end")
+        snapshot = stepper.snapshot() if may_reject else None
+        while True:
+            if hooks.wants("on_compute_update_begin"):
+                await hooks.fire("on_compute_update_begin", step, update)
+            update.loss, update.grads, update._grad_norm, update.aux = await self.run(
+                "compute", update.batch, stepper.compute, update.batch)
+            if not (may_reject and await hooks.reject(step, update)):
+                break
+            stepper.restore(snapshot)
+            update.attempt += 1
+            if update.attempt >= max_attempts:
+                raise RuntimeError(
+                    f"step {step}: the update was rejected {update.attempt} times in a row "
+                    f"(max_attempts={max_attempts}); an on_compute_update_end hook keeps returning "
+                    "True. Fix the hook, or raise max_attempts in fit()."
+                )
+            update.loss = update.grads = update._grad_norm = update.aux = None
+            update.logs = {}
+        if hooks.wants("before_parameter_update"):
+            await hooks.fire("before_parameter_update", step, update)
+        logs = await self.run("apply", update.batch, stepper.apply, update.grads, update.aux)
+        if update.logs:
+            logs = {**logs, **update.logs}
+        return logs
+
+    async def _validate(self, epoch: int, validation: dict[str, Source]) -> dict:
+        val_logs = {}
+        for name, source in validation.items():
+            metrics = await self.evaluate(source)
+            prefix = "val_" if name == "val" else f"val_{name}_"
+            val_logs.update({prefix + key: value for key, value in metrics.items()})
+            if self.callbacks.wants("on_eval"):
+                await self.callbacks.fire("on_eval", epoch, name, metrics)
+        return val_logs
+
+    # -- evaluation and prediction ------------------------------------------------------------
+    async def evaluate(self, source: Source) -> dict:
+        hooks, stepper = self.callbacks, self.stepper
+        stepper.begin_eval()
+        if hooks.wants("on_test_begin"):
+            await hooks.fire("on_test_begin", None)
+        logs = None
+        batches = source.epoch(0)
+        index = 0
+        while True:
+            batch = await _next(batches, source.is_async)
+            if batch is None:
+                break
+            if hooks.wants("on_test_batch_begin"):
+                await hooks.fire("on_test_batch_begin", index, None)
+            logs = await self.run("test", batch, stepper.test_step, batch)
+            if hooks.wants("on_test_batch_end"):
+                await hooks.fire("on_test_batch_end", index, logs)
+            index += 1
+            await self.pacer.tick(logs)
+        if logs is None:
+            raise ValueError("the evaluation data gave no batch; pass at least one sample.")
+        logs = to_host(logs)
+        if hooks.wants("on_test_end"):
+            await hooks.fire("on_test_end", logs)
+        return logs
+
+    async def predict(self, source: Source):
+        hooks, stepper = self.callbacks, self.stepper
+        if hooks.wants("on_predict_begin"):
+            await hooks.fire("on_predict_begin", None)
+        outputs = []
+        batches = source.epoch(0)
+        index = 0
+        while True:
+            batch = await _next(batches, source.is_async)
+            if batch is None:
+                break
+            if hooks.wants("on_predict_batch_begin"):
+                await hooks.fire("on_predict_batch_begin", index, None)
+            y_pred = await self.run("predict", batch, stepper.predict_step, batch[0])
+            outputs.append(y_pred)
+            if hooks.wants("on_predict_batch_end"):
+                await hooks.fire("on_predict_batch_end", index, {"outputs": y_pred})
+            index += 1
+            await self.pacer.tick(y_pred)
+        if not outputs:
+            raise ValueError("the prediction data gave no batch; pass at least one sample.")
+        result = tree.map_structure(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)
+        if hooks.wants("on_predict_end"):
+            await hooks.fire("on_predict_end", None)
+        return result
+
+
+async def _next(batches, is_async: bool):
+    if is_async:
+        return await anext(batches, None)
+    return next(batches, None)
+
+
+__all__ = ["Engine", "Pacer", "to_host", "ArraySource"]

@@ -1,0 +1,395 @@
+"""`Program`: a `keras.Model` whose `fit`, `evaluate` and `predict` are awaited."""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+import keras
+import numpy as np
+from keras import tree
+from keras.src.models.functional import Functional
+from keras.src.models.model import functional_init_arguments
+
+from callbacks.callback_list import CallbackList
+from callbacks.progress_bar import ProgressBar, resolve_verbose
+from trainer.data import ArraySource, AsyncIterableSource, Source, make_source
+from trainer.history import History
+from trainer.loop import Engine
+from trainer.reward import RewardLoss, RewardMetric
+
+FIT_KEYWORDS = (
+    "batch_size", "epochs", "verbose", "callbacks", "validation_split", "validation_data", "shuffle",
+    "seed", "initial_epoch", "steps_per_epoch", "validation_freq", "max_attempts",
+)
+
+
+def _unknown_keywords(method: str, unknown: dict, known: tuple) -> TypeError:
+    parts = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return TypeError(f"{method}() got unknown keyword argument(s) {', '.join(parts)}; it accepts {', '.join(known)}.")
+
+
+@keras.saving.register_keras_serializable(package="asyncfit")
+class Program(keras.Model):
+    """A Keras 3 model trained by an awaited loop with an ordered list of callbacks.
+
+    Build it in any Keras style:
+
+    - functional: `Program(inputs=inputs, outputs=outputs)`;
+    - Sequential-like: `Program([layers.Dense(64), layers.Dense(1)])`;
+    - subclassing: `class Net(Program)` with layers in `__init__` and a `call`.
+
+    Then `compile(...)` and `await fit(...)`. See DESIGN.md for every hook.
+
+    Example:
+        ```python
+        inputs = keras.Input((64,))
+        outputs = keras.layers.Dense(10, activation="softmax")(inputs)
+        program = Program(inputs=inputs, outputs=outputs)
+        program.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        history = await program.fit(x, y, epochs=5, validation_split=0.2)
+        ```
+    """
+
+    def __new__(cls, *args, **kwargs):
+        # Pick the concrete class here rather than let Keras rewrite Program's bases
+        # (keras.Model injects Functional into a subclass's hierarchy, for good).
+        if cls is Program:
+            if functional_init_arguments(args, kwargs):
+                return super().__new__(FunctionalProgram)
+            if (args and isinstance(args[0], (list, tuple))) or "layers" in kwargs:
+                return super().__new__(SequentialProgram)
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._step_count = 0
+
+    # -- compile -----------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, reward=None, **kwargs) -> None:
+        """Configure training, as `keras.Model.compile`, plus `reward`.
+
+        Args:
+            optimizer: a Keras optimizer or its name.
+            loss: a Keras loss (name, function or object). Give `loss` or `reward`, not both.
+            metrics: Keras metrics.
+            reward: a differentiable score `reward(y_true, y_pred)` to maximise. The loss
+                becomes its negative; the reward is logged as `reward` / `val_reward`,
+                and monitors in `mode="auto"` know that higher is better.
+            **kwargs: passed to `keras.Model.compile`.
+        """
+        if loss is not None and reward is not None:
+            raise ValueError("compile() got both loss= and reward=; give one: a loss to minimise or a reward to maximise.")
+        if loss is None and reward is None:
+            raise ValueError(
+                "compile() needs loss= (to minimise, e.g. 'mse') or reward= (a score to maximise); got neither."
+            )
+        if reward is not None:
+            if not callable(reward):
+                raise TypeError(f"reward= must be a callable reward(y_true, y_pred); got {reward!r}.")
+            loss = RewardLoss(reward)
+            metrics = [RewardMetric(reward)] + list(metrics or [])
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        self.__dict__.pop("_asyncfit_compiled", None)  # compiled steps belong to the old config
+
+    # -- state -------------------------------------------------------------------------
+    @property
+    def step_count(self) -> int:
+        """Global optimizer step: monotonic across `fit` calls, restored on resume."""
+        return self.__dict__.get("_step_count", 0)
+
+    @step_count.setter
+    def step_count(self, value: int) -> None:
+        object.__setattr__(self, "_step_count", int(value))
+
+    def jax_state_sync(self) -> None:
+        """Write the running loop's state back into the variables (JAX keeps it outside)."""
+        stepper = self.__dict__.get("_asyncfit_stepper")
+        if stepper is not None:
+            stepper.push()
+
+    def get_variables(self) -> list[np.ndarray]:
+        """All variables' values as NumPy arrays (as `get_weights`)."""
+        self.jax_state_sync()
+        return self.get_weights()
+
+    def set_variables(self, values: list) -> None:
+        """Set all variables from `get_variables()`'s output."""
+        self.jax_state_sync()
+        self.set_weights(values)
+
+    def save_variables(self, path: str) -> None:
+        """Save the variables to `path` (must end in `.weights.h5`)."""
+        self.jax_state_sync()
+        self.save_weights(path)
+
+    def load_variables(self, path: str) -> None:
+        """Load variables saved by `save_variables`."""
+        self.jax_state_sync()
+        self.load_weights(path)
+
+    def save(self, filepath, overwrite: bool = True, **kwargs) -> None:
+        """Save the whole program (architecture, variables, optimizer, compile config) as `.keras`."""
+        self.jax_state_sync()
+        super().save(filepath, overwrite=overwrite, **kwargs)
+
+    def get_module(self, name: str):
+        """The layer called `name`."""
+        return self.get_layer(name)
+
+    # -- checks before the first step -------------------------------------------------------
+    def _require_compiled(self, method: str) -> None:
+        if not self.compiled:
+            raise RuntimeError(f"call program.compile(optimizer=..., loss=...) before {method}().")
+
+    def _check_features(self, batch) -> None:
+        """Build the program on a symbolic batch; data that does not fit fails here, before any step."""
+        x = batch[0]
+        if isinstance(self, Functional):
+            expected = self._inputs_struct
+            flat_expected = tree.flatten(expected)
+            if isinstance(expected, dict) and isinstance(x, dict):
+                missing = sorted(set(expected) - set(x))
+                if missing:
+                    raise ValueError(f"x is missing program input(s) {missing}; x has {sorted(x)}.")
+                flat_x = [x[k] for k in expected]
+            else:
+                flat_x = tree.flatten(x)
+            if len(flat_x) != len(flat_expected):
+                raise ValueError(
+                    f"the program has {len(flat_expected)} input(s) but x gives {len(flat_x)} array(s)."
+                )
+            for got, want in zip(flat_x, flat_expected):
+                got_shape, want_shape = tuple(got.shape[1:]), tuple(want.shape[1:])
+                if len(got_shape) != len(want_shape) or any(
+                    w is not None and g != w for g, w in zip(got_shape, want_shape)
+                ):
+                    raise ValueError(
+                        f"the features do not fit the program's input {want.name!r}: each sample "
+                        f"has shape {got_shape}, the program expects {want_shape}."
+                    )
+        try:
+            self._symbolic_build(data_batch=batch)
+            if not isinstance(self, Functional):
+                spec = tree.map_structure(
+                    lambda a: keras.KerasTensor((None,) + tuple(a.shape[1:]), keras.backend.standardize_dtype(a.dtype)),
+                    x,
+                )
+                keras.backend.compute_output_spec(self, spec, training=False)
+        except (ValueError, RuntimeError, TypeError) as error:
+            raise ValueError(f"the features do not fit the program: {error}") from error
+        if self.optimizer is not None and not self.optimizer.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def expected_log_keys(self, evaluators: tuple[str, ...] = ()) -> list[str]:
+        """The keys that `fit` will log, known once the program is built."""
+        self.jax_state_sync()
+        keys = list(self.get_metrics_result().keys())
+        full = list(keys)
+        for name in evaluators:
+            prefix = "val_" if name == "val" else f"val_{name}_"
+            full += [prefix + key for key in keys]
+        return full
+
+    # -- fit / evaluate / predict ------------------------------------------------------------
+    async def fit(self, x=None, y=None, *, batch_size: int = 32, epochs: int = 1, verbose="auto",
+                  callbacks: list | None = None, validation_split: float = 0.0, validation_data=None,
+                  shuffle: bool = True, seed: int | None = None, initial_epoch: int = 0,
+                  steps_per_epoch: int | None = None, validation_freq: int = 1, max_attempts: int = 100,
+                  **unknown) -> History:
+        """Train the program; returns a `History`.
+
+        Args:
+            x, y: training data: NumPy arrays, dicts of arrays, pandas objects, lists;
+                or (with y=None) a generator, iterable, async iterable or
+                `keras.utils.PyDataset` of `(x, y)` / `(x, y, sample_weight)` batches.
+            batch_size: samples per step for array data.
+            epochs: index of the last epoch (as Keras: training runs epochs
+                `initial_epoch` .. `epochs - 1`).
+            verbose: 0 silent, 1 a bar per batch, 2 a line per epoch, "auto".
+            callbacks: `Callback`s, `keras.callbacks.Callback`s, or callables
+                `(step, logs, program) -> bool` (False stops training).
+            validation_split: fraction of array data, taken from the end before
+                shuffling, used for validation.
+            validation_data: `(x, y)` or a dict `{name: (x, y)}` of named evaluators,
+                logged as `val_{name}_{metric}`.
+            shuffle: shuffle array data each epoch. With `seed`, the order is the same every run.
+            seed: seed of the shuffling order (a random one is drawn and kept in
+                `params["seed"]` when None).
+            initial_epoch: epoch to start at.
+            steps_per_epoch: batches per epoch (default: all of them).
+            validation_freq: validate every this many epochs.
+            max_attempts: how many times one step may be rejected by
+                `on_compute_update_end` before `fit` fails.
+        """
+        if unknown:
+            raise _unknown_keywords("fit", unknown, FIT_KEYWORDS)
+        if callbacks is not None and not isinstance(callbacks, (list, tuple)):
+            raise TypeError(f"callbacks= must be a list; got {type(callbacks).__name__}.")
+        self._require_compiled("fit")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}; it must be an integer >= 1.")
+        if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ValueError(f"epochs={epochs!r}; it must be an integer >= 1.")
+        if initial_epoch < 0 or epochs < initial_epoch:
+            raise ValueError(
+                f"epochs={epochs} is less than initial_epoch={initial_epoch}; epochs is the index of the "
+                f"last epoch to reach, so pass epochs >= initial_epoch."
+            )
+        if not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split={validation_split}; it must be in [0, 1).")
+        if validation_split and validation_data is not None:
+            raise ValueError("give validation_split or validation_data, not both.")
+        if not isinstance(validation_freq, int) or validation_freq < 1:
+            raise ValueError(f"validation_freq={validation_freq!r}; it must be an integer >= 1.")
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValueError(f"max_attempts={max_attempts!r}; it must be an integer >= 1.")
+        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch={steps_per_epoch!r}; it must be an integer >= 1 or None.")
+        verbose = resolve_verbose(verbose)
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (2**31))
+
+        source = make_source(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed, steps_per_epoch=steps_per_epoch)
+        if validation_split:
+            if not isinstance(source, ArraySource):
+                raise ValueError(
+                    f"validation_split needs array data, not a {type(x).__name__}; pass validation_data instead."
+                )
+            source, val_source = source.split(validation_split)
+            validation = {"val": val_source}
+        else:
+            validation = self._validation_sources(validation_data, batch_size)
+        if isinstance(source, AsyncIterableSource):
+            await source.prime()
+        await _to_thread(self._check_features, source.first_batch())
+        history = History()
+        callback_list = self._callback_list([history, *(callbacks or ())], verbose)
+        params = {
+            "epochs": epochs, "steps": source.steps(), "batch_size": batch_size, "verbose": verbose,
+            "initial_epoch": initial_epoch, "seed": seed, "shuffle": shuffle,
+            "validation_freq": validation_freq, "do_validation": bool(validation),
+            "evaluators": tuple(validation), "log_keys": self.expected_log_keys(tuple(validation)),
+        }
+        callback_list.set_params(params)
+        _check_monitors(callback_list, params["log_keys"])
+        engine = Engine(self, callback_list)
+        object.__setattr__(self, "_asyncfit_data", {"train": source, "validation": validation})
+        try:
+            await engine.fit(source, validation, epochs=epochs, initial_epoch=initial_epoch,
+                             validation_freq=validation_freq, max_attempts=max_attempts)
+        finally:
+            self.__dict__.pop("_asyncfit_data", None)
+        self.history = history
+        return history
+
+    def _validation_sources(self, validation_data, batch_size: int) -> dict[str, Source]:
+        if validation_data is None:
+            return {}
+        if isinstance(validation_data, dict):  # named evaluators {name: (x, y)}
+            for name, data in validation_data.items():
+                if not isinstance(data, tuple):
+                    raise ValueError(
+                        f"validation_data[{name!r}] is a {type(data).__name__}; a dict of validation data "
+                        "maps evaluator names to (x, y) tuples."
+                    )
+            return {name: self._one_validation(data, batch_size) for name, data in validation_data.items()}
+        return {"val": self._one_validation(validation_data, batch_size)}
+
+    @staticmethod
+    def _one_validation(data, batch_size: int) -> Source:
+        if isinstance(data, tuple):
+            if len(data) not in (2, 3):
+                raise ValueError(f"validation_data must be (x, y) or (x, y, sample_weight); got {len(data)} items.")
+            return make_source(data[0], data[1], sample_weight=data[2] if len(data) == 3 else None,
+                               batch_size=batch_size)
+        return make_source(data, batch_size=batch_size)
+
+    def _callback_list(self, callbacks: list, verbose: int) -> CallbackList:
+        entries = list(callbacks)
+        if verbose:
+            entries.append(ProgressBar(verbose=verbose))
+        return CallbackList(entries, program=self)
+
+    async def evaluate(self, x=None, y=None, *, batch_size: int = 32, verbose="auto", callbacks=None,
+                       steps: int | None = None, **unknown) -> dict:
+        """Evaluate on `x`, `y`; returns `{metric: value}` (same inputs as `fit`)."""
+        if unknown:
+            raise _unknown_keywords("evaluate", unknown, ("batch_size", "verbose", "callbacks", "steps"))
+        self._require_compiled("evaluate")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}; it must be an integer >= 1.")
+        self.jax_state_sync()  # called from a callback mid-fit: start from the live variables
+        source = make_source(x, y, batch_size=batch_size, steps_per_epoch=steps)
+        if isinstance(source, AsyncIterableSource):
+            await source.prime()
+        await _to_thread(self._check_features, source.first_batch())
+        verbose = resolve_verbose(verbose)
+        callback_list = CallbackList([*(callbacks or ()), *([ProgressBar(verbose)] if verbose else [])], program=self)
+        callback_list.set_params({"steps": source.steps(), "batch_size": batch_size, "verbose": verbose})
+        engine = Engine(self, callback_list)
+        logs = await engine.evaluate(source)
+        engine.stepper.push()
+        return logs
+
+    async def predict(self, x=None, *, batch_size: int = 32, verbose="auto", callbacks=None,
+                      steps: int | None = None, **unknown):
+        """Outputs for `x` as NumPy arrays (same input kinds as `fit`)."""
+        if unknown:
+            raise _unknown_keywords("predict", unknown, ("batch_size", "verbose", "callbacks", "steps"))
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}; it must be an integer >= 1.")
+        self.jax_state_sync()
+        source = make_source(x, batch_size=batch_size, steps_per_epoch=steps)
+        if isinstance(source, AsyncIterableSource):
+            await source.prime()
+        first = source.first_batch()
+        await _to_thread(self._check_features, (first[0], None, None))
+        verbose = resolve_verbose(verbose)
+        callback_list = CallbackList(callbacks or (), program=self)
+        callback_list.set_params({"steps": source.steps(), "batch_size": batch_size, "verbose": verbose})
+        return await Engine(self, callback_list).predict(source)
+
+
+async def _to_thread(fn, *args):
+    import asyncio
+
+    return await asyncio.to_thread(fn, *args)
+
+
+def _check_monitors(callback_list: CallbackList, keys: list[str]) -> None:
+    """Every callback with a `monitor=` checks its name against the keys fit will log."""
+    for cb in callback_list:
+        check = getattr(cb, "check_log_keys", None)
+        if check is not None:
+            check(keys)
+
+
+@keras.saving.register_keras_serializable(package="asyncfit")
+class FunctionalProgram(Program, Functional):
+    """A `Program` built from `inputs` and `outputs` (created by `Program(inputs=..., outputs=...)`)."""
+
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        from keras.src.models.model import Trainer
+
+        Trainer.__init__(self)
+        Functional.__init__(self, inputs, outputs, name=name, **kwargs)
+        self._step_count = 0
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        from keras.src.models.functional import functional_from_config
+
+        return functional_from_config(cls, config, custom_objects=custom_objects)
+
+
+@keras.saving.register_keras_serializable(package="asyncfit")
+class SequentialProgram(Program, keras.Sequential):
+    """A `Program` that is a stack of layers (created by `Program([layer, ...])`)."""
+
+    def __init__(self, layers=None, trainable: bool = True, name=None):
+        keras.Sequential.__init__(self, layers=layers, trainable=trainable, name=name)
+        self._step_count = 0
