@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import keras
+import keras.src.backend
 import numpy as np
 from keras import tree
 from keras.src.models.functional import Functional
@@ -95,6 +96,17 @@ class Program(keras.Model):
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         self.__dict__.pop("_asyncfit_compiled", None)  # compiled steps belong to the old config
 
+    # Keras only restores the compile config on load when both are defined next to compile().
+    def get_compile_config(self) -> dict:
+        return super().get_compile_config()
+
+    def compile_from_config(self, config: dict) -> None:
+        from keras.src.saving import serialization_lib
+
+        self.compile(**serialization_lib.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)  # so saved optimizer state can load
+
     # -- state -------------------------------------------------------------------------
     @property
     def step_count(self) -> int:
@@ -145,8 +157,10 @@ class Program(keras.Model):
         if not self.compiled:
             raise RuntimeError(f"call program.compile(optimizer=..., loss=...) before {method}().")
 
-    def _check_features(self, batch) -> None:
-        """Build the program on a symbolic batch; data that does not fit fails here, before any step."""
+    def _check_features(self, batch, with_targets: bool = True) -> None:
+        """Build the program on a symbolic batch; data that does not fit fails here, before any step.
+
+        With `with_targets`, the loss, metrics and optimizer are built too (fit, evaluate)."""
         x = batch[0]
         if isinstance(self, Functional):
             expected = self._inputs_struct
@@ -172,16 +186,17 @@ class Program(keras.Model):
                         f"has shape {got_shape}, the program expects {want_shape}."
                     )
         try:
-            self._symbolic_build(data_batch=batch)
-            if not isinstance(self, Functional):
+            if self.compiled and with_targets:
+                self._symbolic_build(data_batch=batch)
+            if not isinstance(self, Functional) or not with_targets:
                 spec = tree.map_structure(
                     lambda a: keras.KerasTensor((None,) + tuple(a.shape[1:]), keras.backend.standardize_dtype(a.dtype)),
                     x,
                 )
-                keras.backend.compute_output_spec(self, spec, training=False)
+                keras.src.backend.compute_output_spec(self, spec, training=False)
         except (ValueError, RuntimeError, TypeError) as error:
             raise ValueError(f"the features do not fit the program: {error}") from error
-        if self.optimizer is not None and not self.optimizer.built:
+        if with_targets and getattr(self, "optimizer", None) is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
 
     def expected_log_keys(self, evaluators: tuple[str, ...] = ()) -> list[str]:
@@ -347,7 +362,7 @@ class Program(keras.Model):
         if isinstance(source, AsyncIterableSource):
             await source.prime()
         first = source.first_batch()
-        await _to_thread(self._check_features, (first[0], None, None))
+        await _to_thread(self._check_features, (first[0], None, None), False)
         verbose = resolve_verbose(verbose)
         callback_list = CallbackList(callbacks or (), program=self)
         callback_list.set_params({"steps": source.steps(), "batch_size": batch_size, "verbose": verbose})

@@ -73,7 +73,7 @@ class Stepper:
     # -- state ---------------------------------------------------------------------
     def _pull(self):
         p = self.program
-        optimizer_vars = p.optimizer.variables if p.optimizer is not None else []
+        optimizer_vars = p.optimizer.variables if getattr(p, "optimizer", None) is not None else []
         self.state = (
             [v.value for v in p.trainable_variables],
             [v.value for v in p.non_trainable_variables],
@@ -91,7 +91,7 @@ class Stepper:
         if self._synced or self.state is None:
             return
         p = self.program
-        optimizer_vars = p.optimizer.variables if p.optimizer is not None else []
+        optimizer_vars = p.optimizer.variables if getattr(p, "optimizer", None) is not None else []
         for refs, values in zip(
             (p.trainable_variables, p.non_trainable_variables, optimizer_vars, p.metrics_variables), self.state
         ):
