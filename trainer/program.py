@@ -122,6 +122,8 @@ class Program(keras.Model):
         stepper = self.__dict__.get("_asyncfit_stepper")
         if stepper is not None:
             stepper.push()
+        elif hasattr(super(), "jax_state_sync"):
+            super().jax_state_sync()  # keras.Model's own (sync) fit/evaluate/predict on JAX
 
     def get_variables(self) -> list[np.ndarray]:
         """All variables' values as NumPy arrays (as `get_weights`)."""
