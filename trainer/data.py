@@ -47,6 +47,8 @@ def standardize_arrays(data: Any) -> Any:
 
 
 def is_array_like(data: Any) -> bool:
+    if isinstance(data, list) and data and isinstance(data[0], tuple):
+        return False  # a list of (x, y) batches
     if isinstance(data, (np.ndarray, list, tuple)) or hasattr(data, "to_numpy"):
         return True
     if isinstance(data, dict):
@@ -166,9 +168,10 @@ class ArraySource(Source):
             yield (view(x, lo, hi), view(y, lo, hi), view(sw, lo, hi))
 
     def split(self, fraction: float) -> tuple["ArraySource", "ArraySource"]:
-        """The last `fraction` of samples (before shuffling) become validation, as in Keras."""
-        n_val = int(math.floor(self.num_samples * fraction))
-        n_train = self.num_samples - n_val
+        """The last `fraction` of samples (before shuffling) become validation, as in Keras
+        (which rounds the training part down, so any fraction > 0 validates on >= 1 sample)."""
+        n_train = int(math.floor(self.num_samples * (1.0 - fraction)))
+        n_val = self.num_samples - n_train
         if n_val == 0 or n_train == 0:
             raise ValueError(
                 f"validation_split={fraction} of {self.num_samples} samples leaves "
