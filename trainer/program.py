@@ -283,13 +283,15 @@ class Program(keras.Model):
         if isinstance(source, AsyncIterableSource):
             await source.prime()
         await _to_thread(self._check_features, source.first_batch())
+        # Eager metric reads compile small ops on first use: keep them off the event loop.
+        log_keys = await _to_thread(self.expected_log_keys, tuple(validation))
         history = History()
         callback_list = self._callback_list([history, *(callbacks or ())], verbose)
         params = {
             "epochs": epochs, "steps": source.steps(), "batch_size": batch_size, "verbose": verbose,
             "initial_epoch": initial_epoch, "seed": seed, "shuffle": shuffle,
             "validation_freq": validation_freq, "do_validation": bool(validation),
-            "evaluators": tuple(validation), "log_keys": self.expected_log_keys(tuple(validation)),
+            "evaluators": tuple(validation), "log_keys": log_keys,
         }
         callback_list.set_params(params)
         _check_monitors(callback_list, params["log_keys"])
@@ -372,9 +374,9 @@ class Program(keras.Model):
 
 
 async def _to_thread(fn, *args):
-    import asyncio
+    from trainer.loop import in_worker_thread
 
-    return await asyncio.to_thread(fn, *args)
+    return await in_worker_thread(fn, *args)
 
 
 def _check_monitors(callback_list: CallbackList, keys: list[str]) -> None:

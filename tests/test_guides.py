@@ -1,0 +1,19 @@
+"""Every guide runs to the end as a user would run it (a fresh process)."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+GUIDES = sorted((pathlib.Path(__file__).parent.parent / "guides").glob("[0-9][0-9]_*.py"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("guide", GUIDES, ids=[g.name for g in GUIDES])
+def test_guide_runs(guide, tmp_path):
+    env = dict(os.environ)
+    result = subprocess.run([sys.executable, str(guide)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.strip()
