@@ -17,8 +17,8 @@ async def test_verbose_levels(toy, capsys):
     assert len(lines) == 2 and all("val_loss" in line and "loss:" in line for line in lines)
 
     await make_program().fit(x, y, epochs=1, verbose=1)
-    out = capsys.readouterr().out
-    assert re.search(r"8/8 .*loss: \d", out)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert re.search(r"8/8 .*/step - accuracy: [\d.]+ - loss: \d", out)
 
 
 def test_auto_is_2_off_a_terminal(capsys):
