@@ -11,9 +11,10 @@ from callbacks.callback import (  # noqa: E402
     Update,
 )
 from callbacks.callback_list import CallableCallback, CallbackList  # noqa: E402
+from callbacks.monitor_base import MonitorCallback  # noqa: E402
 from callbacks.progress_bar import ProgressBar  # noqa: E402
 
 __all__ = [
-    "Callback", "CallbackList", "CallableCallback", "ManifestRow", "ProgressBar",
+    "Callback", "CallbackList", "CallableCallback", "ManifestRow", "MonitorCallback", "ProgressBar",
     "StopTraining", "TrainingInterrupted", "Update",
 ]

@@ -139,6 +139,7 @@ class Callback:
 
     def __init__(self):
         self._program = None
+        self._callback_list = None
         self.params: dict = {}
 
     # -- wiring -----------------------------------------------------------------
@@ -158,6 +159,11 @@ class Callback:
 
     # Keras habit: `self.model` is the same object.
     model = program
+
+    async def notify_checkpoint(self, row: ManifestRow) -> None:
+        """Fire `on_checkpoint(row)` on every callback of the running fit (writers call this)."""
+        if self._callback_list is not None and self._callback_list.wants("on_checkpoint"):
+            await self._callback_list.fire("on_checkpoint", row)
 
     # -- state across a crash ------------------------------------------------------
     @property
@@ -266,6 +272,8 @@ class Callback:
 
 def overrides(callback: Any, hook: str) -> bool:
     """Whether `callback` defines `hook` itself rather than inheriting the no-op."""
+    if hook in getattr(callback, "__dict__", {}):
+        return True  # set on the instance, as keras.callbacks.LambdaCallback does
     method = getattr(type(callback), hook, None)
     if method is None:
         return False

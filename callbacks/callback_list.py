@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import keras
 import numpy as np
 
-from callbacks.callback import ALL_HOOKS, KERAS_HOOKS, Callback, StopTraining, Update, overrides
+from callbacks.callback import ALL_HOOKS, KERAS_HOOKS, Callback, Update, overrides
 
 
 class CallableCallback(Callback):
@@ -38,11 +38,13 @@ class CallableCallback(Callback):
     async def before_parameter_update(self, step, update):
         logs = dict(update.logs)
         logs["loss"] = update.loss
-        result = self.fn(step, logs, self.program)
+        result = self.fn(step, logs, self._program)
         if self._is_async or inspect.isawaitable(result):
             result = await result
         if result is False or (isinstance(result, np.bool_) and not result):
-            raise StopTraining(f"callable {self._name} returned False at step {step}")
+            # Like program.stop_training: this step's update is applied, then the loop ends.
+            self._program.stop_training = True
+            object.__setattr__(self._program, "stop_reason", f"callable {self._name} returned False at step {step}")
 
 
 def _as_callback(obj: Any) -> Any:
@@ -80,6 +82,9 @@ class CallbackList:
                     fn = getattr(cb, hook)
                     entries.append((fn, inspect.iscoroutinefunction(fn)))
             self._table[hook] = tuple(entries)
+        for cb in self.callbacks:
+            if isinstance(cb, Callback):
+                cb._callback_list = self
         self.program = None
         if program is not None:
             self.set_program(program)
@@ -97,6 +102,28 @@ class CallbackList:
     def set_params(self, params: dict) -> None:
         for cb in self.callbacks:
             cb.set_params(params)
+
+    def state_keys(self) -> list[str]:
+        """One distinct key per callback: `state_key`, with `#2`, `#3`... for repeats."""
+        keys, counts = [], {}
+        for cb in self.callbacks:
+            key = cb.state_key if isinstance(cb, Callback) else f"keras:{type(cb).__qualname__}"
+            counts[key] = counts.get(key, 0) + 1
+            keys.append(key if counts[key] == 1 else f"{key}#{counts[key]}")
+        return keys
+
+    def state_dicts(self) -> dict[str, dict]:
+        """Every callback's `state_dict`, by its distinct key (what BackupAndRestore stores)."""
+        return {
+            key: cb.state_dict()
+            for key, cb in zip(self.state_keys(), self.callbacks)
+            if isinstance(cb, Callback)
+        }
+
+    def load_state_dicts(self, states: dict[str, dict]) -> None:
+        for key, cb in zip(self.state_keys(), self.callbacks):
+            if isinstance(cb, Callback) and key in states:
+                cb.load_state_dict(states[key])
 
     def wants(self, hook: str) -> bool:
         """Whether any callback overrides `hook`."""

@@ -119,6 +119,7 @@ class Engine:
         wants_batch_end = hooks.wants("on_train_batch_end")
         epoch_logs: dict = {}
         program.stop_training = False
+        object.__setattr__(program, "stop_reason", None)
         object.__setattr__(program, "_asyncfit_stepper", stepper)
         object.__setattr__(program, "_asyncfit_in_fit", True)
         try:
