@@ -18,7 +18,16 @@ class StopTraining(Exception):
                 if self.program.step_count >= 100:
                     raise StopTraining("reached 100 steps")
         ```
+
+    Args:
+        reason: why training stopped (kept in `program.stop_reason`).
+        keep_backup: the run did not end well (TerminateOnNaN uses it):
+            BackupAndRestore keeps its last good backup instead of deleting it.
     """
+
+    def __init__(self, reason: str = "", keep_backup: bool = False):
+        super().__init__(reason)
+        self.keep_backup = keep_backup
 
 
 class TrainingInterrupted(Exception):
@@ -136,6 +145,9 @@ class Callback:
     """
 
     callback_order: int = 0
+    # Per-hook exceptions to callback_order, e.g. {"on_train_begin": -100} to restore
+    # state before anyone else starts while still saving after everyone else.
+    hook_order: dict = {}
 
     def __init__(self):
         self._program = None
@@ -159,6 +171,11 @@ class Callback:
 
     # Keras habit: `self.model` is the same object.
     model = program
+
+    @property
+    def run_state(self):
+        """The running fit's `trainer.loop.RunState` (position, seed, data), or None."""
+        return None if self._program is None else self._program.__dict__.get("_asyncfit_run")
 
     async def notify_checkpoint(self, row: ManifestRow) -> None:
         """Fire `on_checkpoint(row)` on every callback of the running fit (writers call this)."""

@@ -59,6 +59,11 @@ def _as_callback(obj: Any) -> Any:
     )
 
 
+def _order(callback: Any, hook: str) -> int:
+    order = getattr(callback, "callback_order", 0)
+    return getattr(callback, "hook_order", {}).get(hook, order)
+
+
 class CallbackList:
     """An ordered list of callbacks with one dispatch table.
 
@@ -75,7 +80,7 @@ class CallbackList:
         self._table: dict[str, tuple] = {}
         for hook in ALL_HOOKS:
             entries = []
-            for cb in self.callbacks:
+            for cb in sorted(self.callbacks, key=lambda cb: _order(cb, hook)):
                 if isinstance(cb, keras.callbacks.Callback) and hook not in KERAS_HOOKS:
                     continue
                 if overrides(cb, hook):

@@ -70,12 +70,12 @@ class ProgressBar(Callback):
             self._bar.update(steps, _floats(logs), finalize=True)
 
     def on_test_begin(self, logs=None):
-        if self._program is not None and getattr(self._program, "_asyncfit_in_fit", False):
+        if self._program is not None and self.run_state is not None:
             return  # validation inside fit shows in the epoch line
         self._new_bar(self.params.get("steps"))
 
     def on_test_end(self, logs=None):
-        if self._bar is not None and not getattr(self._program, "_asyncfit_in_fit", False) and self.verbose:
+        if self._bar is not None and not self.run_state is not None and self.verbose:
             self._bar.update(self.params.get("steps") or self._bar._seen_so_far or 1, _floats(logs), finalize=True)
 
 

@@ -25,6 +25,7 @@ them, in a worker thread too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 import time
 import warnings
@@ -90,6 +91,28 @@ class Pacer:
             self.last_yield = time.perf_counter()
 
 
+@dataclasses.dataclass
+class RunState:
+    """Where one `fit` call is, for callbacks that save and resume it (BackupAndRestore).
+
+    `epoch` and `batch` say where the next step starts (batch is the index of the
+    next batch within `epoch`). A callback's `on_train_begin` may set `resume_at` to
+    `(epoch, batch)`; the loop then starts there, keeping the restored metric state
+    when it starts mid-epoch.
+    """
+
+    epochs: int
+    seed: int
+    source: Source
+    validation: dict
+    epoch: int = 0
+    batch: int = 0
+    resume_at: tuple | None = None
+    batch_loss: Any = None  # this step's loss (not the epoch's running mean), on the device
+    keep_backup: bool = False
+    completed: bool = False
+
+
 class Engine:
     """Runs one `fit`, `evaluate` or `predict` call of a program."""
 
@@ -110,10 +133,9 @@ class Engine:
         return result
 
     # -- training ------------------------------------------------------------------------
-    async def fit(self, source: Source, validation: dict[str, Source], *, epochs: int,
-                  initial_epoch: int, validation_freq: int, max_attempts: int,
-                  start_batch: int = 0) -> dict:
+    async def fit(self, run: RunState, *, initial_epoch: int, validation_freq: int, max_attempts: int) -> dict:
         program, hooks, stepper = self.program, self.callbacks, self.stepper
+        source, validation, epochs = run.source, run.validation, run.epochs
         split = any(hooks.wants(h) for h in STEP_STAGE_HOOKS)
         wants_batch_begin = hooks.wants("on_train_batch_begin")
         wants_batch_end = hooks.wants("on_train_batch_end")
@@ -121,37 +143,42 @@ class Engine:
         program.stop_training = False
         object.__setattr__(program, "stop_reason", None)
         object.__setattr__(program, "_asyncfit_stepper", stepper)
-        object.__setattr__(program, "_asyncfit_in_fit", True)
+        object.__setattr__(program, "_asyncfit_run", run)
+        run.epoch, run.batch = initial_epoch, 0
         try:
             if hooks.wants("on_train_begin"):
                 await hooks.fire("on_train_begin", None)
-            for epoch in range(initial_epoch, epochs):
-                object.__setattr__(program, "_asyncfit_epoch", epoch)
-                stepper.reset_metrics()
+            start_epoch, start_batch = run.resume_at or (initial_epoch, 0)
+            for epoch in range(start_epoch, epochs):
+                first = start_batch if epoch == start_epoch else 0
+                run.epoch, run.batch = epoch, first
+                if first == 0:
+                    stepper.reset_metrics()  # resumed mid-epoch: keep the restored running means
                 if hooks.wants("on_epoch_begin"):
                     await hooks.fire("on_epoch_begin", epoch, None)
                 logs = None
-                first = start_batch if epoch == initial_epoch else 0
                 batches = source.epoch(epoch, first)
                 batch_index = first
                 while True:
                     batch = await _next(batches, source.is_async)
                     if batch is None:
                         break
-                    object.__setattr__(program, "_asyncfit_batch", batch_index)
                     if wants_batch_begin:
                         await hooks.fire("on_train_batch_begin", batch_index, None)
                     if split:
-                        logs = await self._staged_step(batch, max_attempts)
+                        logs, run.batch_loss = await self._staged_step(batch, max_attempts)
                     else:
-                        logs = await self.run("fused", batch, stepper.train_step, batch)
+                        logs, run.batch_loss = await self.run("fused", batch, stepper.train_step, batch)
                     program._step_count += 1
-                    if wants_batch_end:
-                        await hooks.fire("on_train_batch_end", batch_index, logs)
                     batch_index += 1
+                    run.batch = batch_index
+                    if wants_batch_end:
+                        await hooks.fire("on_train_batch_end", batch_index - 1, logs)
                     if program.stop_training:
                         break
                     await self.pacer.tick(logs)
+                if logs is None and first > 0:
+                    logs = stepper.metrics_result()  # resumed right at the end of an epoch
                 if logs is None:
                     warnings.warn(
                         f"the training data ran out before epoch {epoch + 1} of {epochs}: "
@@ -161,30 +188,37 @@ class Engine:
                 epoch_logs = to_host(logs)
                 if validation and (epoch + 1) % validation_freq == 0:
                     epoch_logs.update(await self._validate(epoch, validation))
+                run.epoch, run.batch = epoch + 1, 0
                 if hooks.wants("on_epoch_end"):
                     await hooks.fire("on_epoch_end", epoch, epoch_logs)
                 if program.stop_training:
                     break
+            else:
+                run.completed = True
         except StopTraining as stop:
             object.__setattr__(program, "stop_reason", str(stop) or "StopTraining")
+            run.keep_backup = stop.keep_backup
         except BaseException as error:
             stepper.push()
             await hooks.fire_error(error)
             self._finish()
             raise
-        self._finish()
         if hooks.wants("on_train_end"):
             try:
                 await hooks.fire("on_train_end", epoch_logs)
             except StopTraining:
                 pass
+            except BaseException as error:
+                self._finish()
+                raise error
+        self._finish()
         return epoch_logs
 
     def _finish(self) -> None:
         self.stepper.push()
         program = self.program
         program.stop_training = False  # never leaks into the next fit
-        for name in ("_asyncfit_stepper", "_asyncfit_in_fit", "_asyncfit_epoch", "_asyncfit_batch"):
+        for name in ("_asyncfit_stepper", "_asyncfit_run"):
             program.__dict__.pop(name, None)
 
     async def _staged_step(self, batch, max_attempts: int):
@@ -217,7 +251,7 @@ class Engine:
         logs = await self.run("apply", update.batch, stepper.apply, update.grads, update.aux)
         if update.logs:
             logs = {**logs, **update.logs}
-        return logs
+        return logs, update.loss
 
     async def _validate(self, epoch: int, validation: dict[str, Source]) -> dict:
         val_logs = {}

@@ -16,7 +16,7 @@ from callbacks.callback_list import CallbackList
 from callbacks.progress_bar import ProgressBar, resolve_verbose
 from trainer.data import ArraySource, AsyncIterableSource, Source, make_source
 from trainer.history import History
-from trainer.loop import Engine
+from trainer.loop import Engine, RunState
 from trainer.reward import RewardLoss, RewardMetric
 
 FIT_KEYWORDS = (
@@ -295,13 +295,9 @@ class Program(keras.Model):
         }
         callback_list.set_params(params)
         _check_monitors(callback_list, params["log_keys"])
-        engine = Engine(self, callback_list)
-        object.__setattr__(self, "_asyncfit_data", {"train": source, "validation": validation})
-        try:
-            await engine.fit(source, validation, epochs=epochs, initial_epoch=initial_epoch,
-                             validation_freq=validation_freq, max_attempts=max_attempts)
-        finally:
-            self.__dict__.pop("_asyncfit_data", None)
+        run = RunState(epochs=epochs, seed=seed, source=source, validation=validation)
+        await Engine(self, callback_list).fit(run, initial_epoch=initial_epoch, validation_freq=validation_freq,
+                                              max_attempts=max_attempts)
         self.history = history
         return history
 

@@ -2,7 +2,8 @@
 
 - `compute(batch) -> (loss, grads, grad_norm_or_None, aux)`: loss and gradients, nothing applied.
 - `apply(grads, aux) -> logs`: apply the update, update metrics, return running-mean logs.
-- `train_step(batch) -> logs`: both at once (fused), used when no hook sits between them.
+- `train_step(batch) -> (logs, loss)`: both at once (fused), used when no hook sits between them.
+- `metrics_result()`: the running means now (for a run resumed right at an epoch's end).
 - `test_step(batch) -> logs`, `predict_step(x) -> y_pred`, `begin_eval()`.
 - `push()`: write the loop's state back into the program's variables (JAX keeps it
   outside them); `reset_metrics()`; `signature(batch)` to spot first calls that compile.
@@ -34,5 +35,5 @@ def batch_signature(batch) -> tuple:
     """Shapes and dtypes of a batch: a new signature means the next call compiles."""
     return tuple(
         None if leaf is None else (tuple(leaf.shape), str(leaf.dtype))
-        for leaf in keras.tree.flatten(batch, )
+        for leaf in keras.tree.flatten(batch)
     )

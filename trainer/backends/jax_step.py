@@ -36,8 +36,9 @@ def _build_functions(program) -> dict:
         return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
 
     def fused(state, batch):
-        _, grads, _, aux = compute(state, batch)
-        return apply(state, grads, aux)
+        loss, grads, _, aux = compute(state, batch)
+        logs, state = apply(state, grads, aux)
+        return logs, loss, state
 
     def test(trainable, non_trainable, metrics_vars, batch):
         logs, (_, _, metrics_vars) = program.test_step((trainable, non_trainable, metrics_vars), batch)
@@ -125,9 +126,13 @@ class Stepper:
         return logs
 
     def train_step(self, batch):
-        logs, self.state = self.fns["fused"](self._current(), batch)
+        logs, loss, self.state = self.fns["fused"](self._current(), batch)
         self._synced = False
-        return logs
+        return logs, loss
+
+    def metrics_result(self) -> dict:
+        self.push()
+        return self.program.get_metrics_result()
 
     def grad_norm(self, grads):
         return self.fns["grad_norm"](grads)

@@ -41,7 +41,7 @@ class Stepper:
 
         def fused(x, y, sample_weight):
             loss, grads, _, y_pred = compute(x, y, sample_weight)
-            return apply(grads, loss, x, y, y_pred, sample_weight)
+            return apply(grads, loss, x, y, y_pred, sample_weight), loss
 
         return {
             "compute": tf.function(compute, reduce_retracing=True),
@@ -78,6 +78,9 @@ class Stepper:
 
     def train_step(self, batch):
         return self.fns["fused"](*batch)
+
+    def metrics_result(self) -> dict:
+        return self.program.get_metrics_result()
 
     def grad_norm(self, grads):
         return tf.linalg.global_norm([g for g in grads if g is not None])

@@ -67,8 +67,11 @@ class Stepper:
         return p.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def train_step(self, batch):
-        _, grads, _, aux = self.compute(batch)
-        return self.apply(grads, aux)
+        loss, grads, _, aux = self.compute(batch)
+        return self.apply(grads, aux), loss
+
+    def metrics_result(self) -> dict:
+        return self.program.get_metrics_result()
 
     def grad_norm(self, grads):
         return torch.sqrt(sum(torch.sum(g * g) for g in grads if g is not None))
