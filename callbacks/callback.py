@@ -289,8 +289,11 @@ class Callback:
 
 def overrides(callback: Any, hook: str) -> bool:
     """Whether `callback` defines `hook` itself rather than inheriting the no-op."""
-    if hook in getattr(callback, "__dict__", {}):
-        return True  # set on the instance, as keras.callbacks.LambdaCallback does
+    instance = getattr(callback, "__dict__", {})
+    if hook in instance:
+        # Set on the instance, as keras.callbacks.LambdaCallback does; None opts out
+        # (a built-in that does not need a per-batch hook in this configuration).
+        return instance[hook] is not None
     method = getattr(type(callback), hook, None)
     if method is None:
         return False

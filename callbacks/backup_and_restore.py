@@ -1,0 +1,352 @@
+"""`BackupAndRestore`: resume an interrupted run exactly where it stopped."""
+from __future__ import annotations
+
+import asyncio
+import glob
+import hashlib
+import json
+import os
+import pickle
+import re
+import signal
+import time
+import warnings
+
+import numpy as np
+
+from callbacks.atomic import atomic_write, fsync_dir
+from callbacks.callback import Callback, ManifestRow, TrainingInterrupted
+
+BACKUP_FORMAT = 1
+_NAME = re.compile(r"backup-(\d+)\.npz$")
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_fingerprint(program, run) -> dict:
+    """What a backup must match to be resumed: program, optimizer, dataset, epochs."""
+    layers = [type(layer).__name__ for layer in program._flatten_layers(include_self=False)]
+    variables = [(tuple(v.shape), str(v.dtype)) for v in program.trainable_variables + program.non_trainable_variables]
+    optimizer = program.optimizer
+    optimizer_config = {k: v for k, v in optimizer.get_config().items() if k != "name"} if optimizer else None
+    return {
+        "program": {"class": type(program).__name__, "layers": _digest(layers), "variables": _digest(variables),
+                    "num_variables": len(variables)},
+        "optimizer": {"class": type(optimizer).__name__, "config": _digest(optimizer_config)},
+        "dataset": run.source.fingerprint(),
+        "epochs": run.epochs,
+    }
+
+
+def _first_difference(saved: dict, current: dict) -> str | None:
+    for field in ("program", "optimizer", "dataset", "epochs"):
+        a, b = saved.get(field), current.get(field)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+            detail = "; ".join(f"{field}.{k}: backup {a.get(k)!r}, this run {b.get(k)!r}" for k in keys)
+            return f"a different {field} ({detail})"
+        return f"a different {field} (backup {a!r}, this run {b!r})"
+    return None
+
+
+class BackupAndRestore(Callback):
+    """Back up the whole run regularly; a restarted script resumes exactly where it stopped.
+
+    A backup holds the variables, optimizer state, running metrics, `step_count`,
+    the position (epoch and batch: a mid-epoch backup resumes at the next batch of the
+    same shuffled order), the shuffle seed, and every callback's `state_dict` (History,
+    EarlyStopping's patience, CSVLogger's rows, checkpoints' best...).
+
+    - Contract: a backup made by a different program, optimizer, dataset (length,
+      shapes, dtypes, a hash of a sample) or `epochs` is refused, naming the field.
+    - A `backup_dir` in use by another live run is refused (a lock file with its pid).
+    - Files are written atomically; the two newest are kept, and when the newest is
+      torn or corrupt the previous one is used, with a warning.
+    - SIGTERM or SIGINT during `fit` finishes the current step, writes a backup and
+      ends `fit` with `TrainingInterrupted` (a script exits non-zero); a second
+      signal ends the process at once.
+    - The variables are copied to host memory at the backup point; the file is
+      written in a worker thread while training goes on.
+
+    Args:
+        backup_dir: folder for the backups and the lock file.
+        save_freq: "epoch", or N to back up every N optimizer steps (when N steps
+            end an epoch, the backup is taken at that epoch's end instead).
+        save_time_interval: seconds between backups; a backup is written when both
+            it and `save_freq` are due. So with save_freq="epoch" it is checked at each
+            epoch end; for time-based backups mid-epoch, pass save_freq=1.
+        delete_checkpoint: delete the backups when training ends well (kept when
+            TerminateOnNaN stopped it, or on an error or a signal).
+
+    Example:
+        ```python
+        await program.fit(x, y, epochs=50, callbacks=[BackupAndRestore("./backup", save_freq=200)])
+        # kill it, run the same script again: it goes on from the last backup
+        ```
+    """
+
+    callback_order = 100  # back up after every other callback has updated its state
+    hook_order = {"on_train_begin": -100}  # restore before any other callback starts
+
+    def __init__(self, backup_dir: str, save_freq="epoch", save_time_interval: float | None = None,
+                 delete_checkpoint: bool = True, keep: int = 2):
+        super().__init__()
+        if save_freq != "epoch" and not (isinstance(save_freq, int) and not isinstance(save_freq, bool)
+                                         and save_freq > 0):
+            raise ValueError(f"save_freq={save_freq!r}; use 'epoch' or a number of steps >= 1 "
+                             "(False, which Keras took as 'every batch', is refused).")
+        if save_time_interval is not None and save_time_interval <= 0:
+            raise ValueError(f"save_time_interval={save_time_interval}; use seconds > 0 or None.")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq = save_freq
+        self.save_time_interval = save_time_interval
+        self.delete_checkpoint = delete_checkpoint
+        self.keep = max(2, keep)
+        self.restored_from: str | None = None
+        self._pending: asyncio.Task | None = None
+        self._signal: int | None = None
+        self._installed: list = []
+        self._last_step = 0
+        self._last_time = 0.0
+        self._fingerprint = None
+
+    def _state_key_args(self) -> str:
+        return f"[{self.backup_dir}]"
+
+    @property
+    def lock_path(self) -> str:
+        return os.path.join(self.backup_dir, "lock")
+
+    def backups(self) -> list[str]:
+        """Backup files, newest first."""
+        files = [f for f in glob.glob(os.path.join(self.backup_dir, "backup-*.npz")) if _NAME.search(f)]
+        return sorted(files, key=lambda f: int(_NAME.search(f).group(1)), reverse=True)
+
+    # -- start: lock, restore, signals -------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        self._acquire_lock()
+        for stale in glob.glob(os.path.join(self.backup_dir, ".tmp-*")):
+            os.remove(stale)  # a write cut short by a kill
+        program, run = self.program, self.run_state
+        self._fingerprint = run_fingerprint(program, run)
+        self._signal = None
+        self.restored_from = None
+        for path in self.backups():
+            try:
+                meta, arrays = self._read(path)
+            except Exception as error:  # torn or corrupt: fall back to the previous one
+                warnings.warn(f"BackupAndRestore: {path} cannot be read ({error!r}); trying the previous backup.")
+                continue
+            difference = _first_difference(meta["fingerprint"], self._fingerprint)
+            if difference:
+                self._release_lock()
+                raise ValueError(
+                    f"BackupAndRestore: the backup in {self.backup_dir!r} was made by {difference}. "
+                    "Resume with the same program, optimizer, data and epochs, or use another backup_dir "
+                    "(or delete this one) to start over."
+                )
+            self._restore(meta, arrays, program, run)
+            self.restored_from = path
+            break
+        self._last_step = program.step_count
+        self._last_time = time.monotonic()
+        self._install_signal_handlers()
+
+    def _restore(self, meta: dict, arrays: dict, program, run) -> None:
+        for group, variables in self._variable_groups(program).items():
+            count = meta["counts"][group]
+            if count != len(variables):
+                raise ValueError(f"BackupAndRestore: the backup has {count} {group} variables, the program "
+                                 f"{len(variables)}.")
+            for i, variable in enumerate(variables):
+                variable.assign(arrays[f"{group}{i}"])
+        program.step_count = meta["step_count"]
+        if self._callback_list is not None:
+            self._callback_list.load_state_dicts(meta["callbacks"])
+        run.resume_at = (meta["epoch"], meta["batch"])
+        if hasattr(run.source, "seed"):
+            run.source.seed = run.seed = meta["seed"]
+
+    @staticmethod
+    def _variable_groups(program) -> dict:
+        optimizer = getattr(program, "optimizer", None)
+        return {
+            "trainable": program.trainable_variables,
+            "non_trainable": program.non_trainable_variables,
+            "optimizer": optimizer.variables if optimizer is not None else [],
+            "metrics": program.metrics_variables,
+        }
+
+    # -- when to back up -------------------------------------------------------------------------
+    async def on_train_batch_end(self, batch, logs=None):
+        if self._signal is not None:
+            await self._interrupt()
+        run = self.run_state
+        steps = self.params.get("steps")
+        if steps is not None and run.batch >= steps:
+            return  # the epoch ends now: its backup is taken in on_epoch_end
+        if self._due(per_batch=True):
+            await self._backup()
+
+    async def on_epoch_end(self, epoch, logs=None):
+        if self._signal is not None:
+            await self._interrupt()
+        if self._due(per_batch=False):
+            await self._backup()
+
+    def _due(self, per_batch: bool) -> bool:
+        time_due = self.save_time_interval is None or time.monotonic() - self._last_time >= self.save_time_interval
+        if self.save_freq == "epoch":
+            return not per_batch and time_due
+        steps_due = self._program.step_count - self._last_step >= self.save_freq
+        return steps_due and time_due
+
+    # -- writing ------------------------------------------------------------------------------
+    def _snapshot(self) -> tuple[dict, dict]:
+        program, run = self.program, self.run_state
+        arrays, counts = {}, {}
+        for group, variables in self._variable_groups(program).items():
+            counts[group] = len(variables)
+            for i, variable in enumerate(variables):
+                arrays[f"{group}{i}"] = np.array(variable.value, copy=True)
+        meta = {
+            "format": BACKUP_FORMAT, "epoch": run.epoch, "batch": run.batch, "step_count": program.step_count,
+            "seed": run.seed, "fingerprint": self._fingerprint, "counts": counts, "time": time.time(),
+            "callbacks": self._callback_list.state_dicts() if self._callback_list is not None else {},
+        }
+        return meta, arrays
+
+    async def _backup(self) -> None:
+        if self._pending is not None:
+            await self._pending  # one write at a time, in order
+        meta, arrays = self._snapshot()
+        self._last_step = meta["step_count"]
+        self._last_time = time.monotonic()
+        self._pending = asyncio.ensure_future(asyncio.to_thread(self._write, meta, arrays))
+        self._pending.add_done_callback(lambda task: task.exception())  # surfaced by the next await
+        if self._callback_list is not None and self._callback_list.wants("on_checkpoint"):
+            await self._pending
+            await self.notify_checkpoint(ManifestRow(path=self._path(meta), kind="backup", epoch=meta["epoch"],
+                                                     step=meta["step_count"]))
+
+    def _path(self, meta: dict) -> str:
+        return os.path.join(self.backup_dir, f"backup-{meta['step_count']:010d}.npz")
+
+    def _write(self, meta: dict, arrays: dict) -> None:
+        payload = np.frombuffer(pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, __meta__=payload, **arrays)
+
+        atomic_write(self._path(meta), write)
+        for old in self.backups()[self.keep:]:
+            os.remove(old)
+
+    @staticmethod
+    def _read(path: str) -> tuple[dict, dict]:
+        with np.load(path, allow_pickle=False) as data:
+            meta = pickle.loads(data["__meta__"].tobytes())
+            arrays = {key: data[key] for key in data.files if key != "__meta__"}
+        if meta.get("format") != BACKUP_FORMAT:
+            raise ValueError(f"unknown backup format {meta.get('format')!r}")
+        return meta, arrays
+
+    async def _flush(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            await pending
+
+    # -- signals ----------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+                self._installed.append((loop, sig))
+        except (RuntimeError, NotImplementedError, ValueError):
+            pass  # not in the main thread: no signal handling
+
+    def _remove_signal_handlers(self) -> None:
+        for loop, sig in self._installed:
+            try:
+                loop.remove_signal_handler(sig)
+            except (RuntimeError, ValueError):
+                pass
+        self._installed = []
+
+    def _on_signal(self, sig: int) -> None:
+        if self._signal is not None:  # the second signal: end now
+            os._exit(128 + sig)
+        self._signal = sig
+
+    async def _interrupt(self) -> None:
+        await self._flush()
+        await self._backup()
+        await self._flush()
+        name = signal.Signals(self._signal).name
+        raise TrainingInterrupted(
+            f"{name} received: the step finished and a backup was written to {self.backup_dir!r} "
+            f"(epoch {self.run_state.epoch}, batch {self.run_state.batch}); run again to resume."
+        )
+
+    # -- end -------------------------------------------------------------------------------------------
+    async def on_train_end(self, logs=None):
+        try:
+            await self._flush()
+            run = self.run_state
+            if self.delete_checkpoint and not (run is not None and run.keep_backup):
+                for path in self.backups():
+                    os.remove(path)
+                fsync_dir(self.backup_dir)
+        finally:
+            self._end()
+
+    async def on_train_error(self, error):
+        try:
+            await self._flush()
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        self._remove_signal_handlers()
+        self._release_lock()
+
+    # -- lock ---------------------------------------------------------------------------------------------
+    def _acquire_lock(self) -> None:
+        pid = os.getpid()
+        if os.path.exists(self.lock_path):
+            try:
+                with open(self.lock_path) as handle:
+                    other = int(handle.read().strip() or 0)
+            except (OSError, ValueError):
+                other = 0
+            if other and other != pid and _alive(other):
+                raise RuntimeError(
+                    f"BackupAndRestore: {self.backup_dir!r} is in use by another live run (pid {other}); "
+                    "give this run its own backup_dir, or stop the other run."
+                )
+        atomic_write(self.lock_path, lambda tmp: open(tmp, "w").write(str(pid)))
+
+    def _release_lock(self) -> None:
+        try:
+            with open(self.lock_path) as handle:
+                if handle.read().strip() == str(os.getpid()):
+                    os.remove(self.lock_path)
+        except OSError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
