@@ -12,6 +12,7 @@ import signal
 import time
 import warnings
 
+import keras
 import numpy as np
 
 from callbacks.atomic import atomic_write, fsync_dir
@@ -213,7 +214,7 @@ class BackupAndRestore(Callback):
         for group, variables in self._variable_groups(program).items():
             counts[group] = len(variables)
             for i, variable in enumerate(variables):
-                arrays[f"{group}{i}"] = np.array(variable.value, copy=True)
+                arrays[f"{group}{i}"] = np.array(keras.ops.convert_to_numpy(variable.value), copy=True)
         meta = {
             "format": BACKUP_FORMAT, "epoch": run.epoch, "batch": run.batch, "step_count": program.step_count,
             "seed": run.seed, "fingerprint": self._fingerprint, "counts": counts, "time": time.time(),

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 import keras
 import numpy as np
 
-from callbacks.callback import ALL_HOOKS, KERAS_HOOKS, Callback, Update, overrides
+from callbacks.callback import ALL_HOOKS, KERAS_HOOKS, Callback, StopTraining, Update, overrides
 
 
 class CallableCallback(Callback):
@@ -135,12 +135,23 @@ class CallbackList:
         return bool(self._table[hook])
 
     async def fire(self, hook: str, *args) -> None:
-        """Call `hook` on every callback that overrides it, in order."""
+        """Call `hook` on every callback that overrides it, in order.
+
+        A `StopTraining` from one callback lets the others finish this hook (so an
+        epoch that ends with a stop is still logged, checkpointed and backed up),
+        then ends the loop.
+        """
+        stop = None
         for fn, is_async in self._table[hook]:
-            if is_async:
-                await fn(*args)
-            else:
-                fn(*args)
+            try:
+                if is_async:
+                    await fn(*args)
+                else:
+                    fn(*args)
+            except StopTraining as raised:
+                stop = stop or raised
+        if stop is not None:
+            raise stop
 
     async def reject(self, step: int, update: Update) -> bool:
         """Fire `on_compute_update_end`; True when any callback rejects the update."""
