@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import pickle
+import random
 import re
 import signal
+import sys
 import time
 import warnings
 
@@ -20,6 +22,25 @@ from callbacks.callback import Callback, ManifestRow, TrainingInterrupted
 
 BACKUP_FORMAT = 1
 _NAME = re.compile(r"backup-(\d+)\.npz$")
+
+
+def global_rng_state() -> dict:
+    """Global generators a step may draw from outside Keras' seed variables (torch's
+    dropout without a seed uses torch's global RNG, user code may use NumPy's or Python's)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state()}
+    if "torch" in sys.modules:
+        state["torch"] = sys.modules["torch"].get_rng_state().numpy().copy()
+    return state
+
+
+def set_global_rng_state(state: dict) -> None:
+    if "python" in state:
+        random.setstate(state["python"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
+    if "torch" in state and "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        torch.set_rng_state(torch.from_numpy(state["torch"]))
 
 
 def _digest(obj) -> str:
@@ -59,7 +80,8 @@ class BackupAndRestore(Callback):
 
     A backup holds the variables, optimizer state, running metrics, `step_count`,
     the position (epoch and batch: a mid-epoch backup resumes at the next batch of the
-    same shuffled order), the shuffle seed, and every callback's `state_dict` (History,
+    same shuffled order), the shuffle seed, the global RNG states (Python, NumPy, torch;
+    Keras' own seed generators are variables), and every callback's `state_dict` (History,
     EarlyStopping's patience, CSVLogger's rows, checkpoints' best...).
 
     - Contract: a backup made by a different program, optimizer, dataset (length,
@@ -167,6 +189,7 @@ class BackupAndRestore(Callback):
             for i, variable in enumerate(variables):
                 variable.assign(arrays[f"{group}{i}"])
         program.step_count = meta["step_count"]
+        set_global_rng_state(meta.get("rng", {}))
         if self._callback_list is not None:
             self._callback_list.load_state_dicts(meta["callbacks"])
         run.resume_at = (meta["epoch"], meta["batch"])
@@ -218,6 +241,7 @@ class BackupAndRestore(Callback):
         meta = {
             "format": BACKUP_FORMAT, "epoch": run.epoch, "batch": run.batch, "step_count": program.step_count,
             "seed": run.seed, "fingerprint": self._fingerprint, "counts": counts, "time": time.time(),
+            "rng": global_rng_state(),
             "callbacks": self._callback_list.state_dicts() if self._callback_list is not None else {},
         }
         return meta, arrays
