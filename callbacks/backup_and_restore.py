@@ -11,6 +11,7 @@ import random
 import re
 import signal
 import sys
+import threading
 import time
 import warnings
 
@@ -289,23 +290,20 @@ class BackupAndRestore(Callback):
 
     # -- signals ----------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal, sig)
-                self._installed.append((loop, sig))
-        except (RuntimeError, NotImplementedError, ValueError):
-            pass  # not in the main thread: no signal handling
+        # signal.signal, not loop.add_signal_handler: the flag is set at once, so the
+        # step running when the signal came is the last one (the loop's handler would
+        # wait for the next yield to the event loop).
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are only delivered to the main thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._installed.append((sig, signal.signal(sig, self._on_signal)))
 
     def _remove_signal_handlers(self) -> None:
-        for loop, sig in self._installed:
-            try:
-                loop.remove_signal_handler(sig)
-            except (RuntimeError, ValueError):
-                pass
+        for sig, previous in self._installed:
+            signal.signal(sig, previous)
         self._installed = []
 
-    def _on_signal(self, sig: int) -> None:
+    def _on_signal(self, sig: int, frame=None) -> None:
         if self._signal is not None:  # the second signal: end now
             os._exit(128 + sig)
         self._signal = sig

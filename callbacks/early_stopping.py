@@ -71,7 +71,11 @@ class EarlyStopping(MonitorCallback):
                 return
         if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
-            self.program.stop_training = True
+            program = self.program
+            program.stop_training = True
+            object.__setattr__(program, "stop_reason", f"EarlyStopping: {self.monitor} did not improve for "
+                                                       f"{self.wait} epochs (best {self.best:.6g} at epoch "
+                                                       f"{self.best_epoch})")
 
     def on_train_end(self, logs=None):
         ended_early = self.last_epoch is None or self.last_epoch + 1 < self.params.get("epochs", 0)
