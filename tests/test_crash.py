@@ -127,5 +127,7 @@ def test_a_second_signal_ends_the_process_at_once(tmp_path):
     # Two pending signals of one kind coalesce in the kernel: send two kinds back to back.
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGINT  # ended by the second one, no backup written
+    out, err = proc.communicate(timeout=30)
+    # Pending signals are delivered lowest number first: either may be "the second".
+    assert proc.returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM)
+    assert "TrainingInterrupted" not in err  # it ended at once, without the graceful path
