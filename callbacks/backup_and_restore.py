@@ -250,6 +250,8 @@ class BackupAndRestore(Callback):
     async def _backup(self) -> None:
         if self._pending is not None:
             await self._pending  # one write at a time, in order
+        for check in self.run_state.before_backup:
+            check()  # e.g. TerminateOnNaN: never back up a poisoned state
         meta, arrays = self._snapshot()
         self._last_step = meta["step_count"]
         self._last_time = time.monotonic()

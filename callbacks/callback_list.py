@@ -139,7 +139,7 @@ class CallbackList:
 
         A `StopTraining` from one callback lets the others finish this hook (so an
         epoch that ends with a stop is still logged, checkpointed and backed up),
-        then ends the loop.
+        then ends the loop; one with `keep_backup=True` (a NaN) ends it at once.
         """
         stop = None
         for fn, is_async in self._table[hook]:
@@ -149,6 +149,8 @@ class CallbackList:
                 else:
                     fn(*args)
             except StopTraining as raised:
+                if raised.keep_backup:
+                    raise  # a bad stop (NaN): nobody else may write from this state
                 stop = stop or raised
         if stop is not None:
             raise stop

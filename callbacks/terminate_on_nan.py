@@ -1,6 +1,7 @@
-"""`TerminateOnNaN`: stop as soon as a batch gives a NaN or infinite value."""
+"""`TerminateOnNaN`: stop when a batch gives a NaN or infinite value."""
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
@@ -9,13 +10,18 @@ from callbacks.callback import Callback, StopTraining
 
 
 class TerminateOnNaN(Callback):
-    """Stop training at the first batch whose value is NaN or infinite.
+    """Stop training when a batch's value is NaN or infinite.
 
-    The loss is checked per batch (this step's loss, not the epoch's running mean);
+    The loss is checked per batch (that step's loss, not the epoch's running mean);
     other keys are checked in the batch logs, where a non-finite running mean means a
-    non-finite batch value. Training stops gracefully (`on_train_end` runs) and
+    non-finite batch value. Training stops gracefully (`on_train_end` runs), and
     BackupAndRestore keeps its last good backup instead of deleting it.
-    Each check copies the value to the host: one small copy per step.
+
+    Checks do not stall the device: each batch's values are read once they are
+    computed, so the stop can come a few steps after the bad one (the loop keeps at
+    most 8 steps queued); `terminated_at` names the bad step itself. Before any backup
+    is written and at every epoch end, everything pending is checked, so no backup,
+    checkpoint or CSV row is written from a poisoned state.
 
     Args:
         monitor: "loss", a list of log keys, or True for every logged key.
@@ -26,12 +32,15 @@ class TerminateOnNaN(Callback):
         ```
     """
 
+    callback_order = -10  # a guard: look before anyone writes anything
+
     def __init__(self, monitor="loss"):
         super().__init__()
         if monitor is not True and not isinstance(monitor, (str, list, tuple)):
             raise TypeError(f"monitor={monitor!r}; pass a log key, a list of keys, or True for all keys.")
         self.monitor = monitor
         self.terminated_at: int | None = None
+        self._pending: collections.deque = collections.deque()
 
     def _state_key_args(self) -> str:
         return f"[{self.monitor}]"
@@ -45,23 +54,45 @@ class TerminateOnNaN(Callback):
             raise ValueError(f"TerminateOnNaN(monitor={self.monitor!r}): {missing} will not be logged; "
                              f"the keys are: {', '.join(keys)}.")
 
+    def on_train_begin(self, logs=None):
+        self._pending.clear()
+        run = self.run_state
+        if run is not None:
+            run.before_backup.append(self.check_pending)
+
     def on_train_batch_end(self, batch, logs=None):
         logs = logs or {}
-        values = {}
-        run = self.run_state
         if self.monitor is True:
-            values.update(logs)
+            values = dict(logs)
         else:
-            for key in [self.monitor] if isinstance(self.monitor, str) else self.monitor:
-                values[key] = logs.get(key)
+            keys = [self.monitor] if isinstance(self.monitor, str) else self.monitor
+            values = {key: logs.get(key) for key in keys}
+        run = self.run_state
         if "loss" in values and run is not None and run.batch_loss is not None:
             values["loss"] = run.batch_loss
+        self._pending.append((self._program.step_count, batch, values))
+        while self._pending and _ready(self._pending[0][2]):
+            self._check(*self._pending.popleft())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.check_pending()
+
+    def check_pending(self) -> None:
+        """Check every pending batch now, waiting for the device if needed."""
+        while self._pending:
+            self._check(*self._pending.popleft())
+
+    def _check(self, step: int, batch: int, values: dict) -> None:
         for key, value in values.items():
             if value is None:
                 continue
             number = float(np.asarray(value))
             if not math.isfinite(number):
-                step = self._program.step_count
+                self._pending.clear()
                 self.terminated_at = step
                 raise StopTraining(f"{key} is {number} at step {step} (batch {batch}); stopped by TerminateOnNaN",
                                    keep_backup=True)
+
+
+def _ready(values: dict) -> bool:
+    return all(not hasattr(v, "is_ready") or v.is_ready() for v in values.values() if v is not None)

@@ -161,7 +161,11 @@ class ArraySource(Source):
         bs = self.batch_size
 
         def view(part, lo, hi):
-            return None if part is None else tree.map_structure(lambda a: a[lo:hi], part)
+            if part is None:
+                return None
+            if type(part) is np.ndarray:  # the common case, without a tree walk
+                return part[lo:hi]
+            return tree.map_structure(lambda a: a[lo:hi], part)
 
         for i in range(start_batch, self._steps):
             lo, hi = i * bs, min((i + 1) * bs, self.num_samples)

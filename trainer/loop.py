@@ -109,6 +109,7 @@ class RunState:
     batch: int = 0
     resume_at: tuple | None = None
     batch_loss: Any = None  # this step's loss (not the epoch's running mean), on the device
+    before_backup: list = dataclasses.field(default_factory=list)  # checks a backup must pass first
     keep_backup: bool = False
     completed: bool = False
 
@@ -140,6 +141,8 @@ class Engine:
         wants_batch_begin = hooks.wants("on_train_batch_begin")
         wants_batch_end = hooks.wants("on_train_batch_end")
         epoch_logs: dict = {}
+        counts = program.__dict__
+        counts.setdefault("_step_count", 0)
         program.stop_training = False
         object.__setattr__(program, "stop_reason", None)
         object.__setattr__(program, "_asyncfit_stepper", stepper)
@@ -169,7 +172,7 @@ class Engine:
                         logs, run.batch_loss = await self._staged_step(batch, max_attempts)
                     else:
                         logs, run.batch_loss = await self.run("fused", batch, stepper.train_step, batch)
-                    program._step_count += 1
+                    counts["_step_count"] += 1  # program.step_count, without Keras' attribute tracking
                     batch_index += 1
                     run.batch = batch_index
                     if wants_batch_end:

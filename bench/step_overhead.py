@@ -1,0 +1,177 @@
+"""Per-step overhead: Program.fit against a raw jitted loop (the limit) and keras.Model.fit.
+
+    python bench/step_overhead.py            (KERAS_BACKEND=jax by default; torch too)
+
+(a) a raw jitted, stateless train step in a plain Python loop (same model, optimizer,
+    batches and shuffling), (b) keras.Model.fit(verbose=0), (c) Program.fit with no
+    callbacks, (d) Program.fit with EarlyStopping, ProgramCheckpoint(save_best_only),
+    BackupAndRestore (per epoch), CSVLogger and TerminateOnNaN. Ratios are of wall time
+    for the same number of steps, measured side by side in one run (best of 3).
+A compute-bound case too: a small CNN on load_digits, batch 128.
+"""
+import asyncio
+import shutil
+import tempfile
+
+import common  # noqa: F401  (sets the backend and sys.path)
+import keras
+import numpy as np
+
+from callbacks import BackupAndRestore, CSVLogger, EarlyStopping, ProgramCheckpoint, TerminateOnNaN
+from trainer import Program
+
+
+def mlp(cls):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32,))
+    outputs = keras.layers.Dense(1)(keras.layers.Dense(64, activation="relu")(inputs))
+    model = cls(inputs=inputs, outputs=outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    return model
+
+
+def cnn(cls):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(h)
+    h = keras.layers.Flatten()(h)
+    outputs = keras.layers.Dense(10, activation="softmax")(keras.layers.Dense(128, activation="relu")(h))
+    model = cls(inputs=inputs, outputs=outputs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def raw_loop(build, x, y, batch_size: int, epochs: int):
+    """(a): the limit. Keras' own stateless API, jitted with donation, in a plain loop."""
+    backend = keras.backend.backend()
+    model = build(keras.Model)
+    model.optimizer.build(model.trainable_variables)
+    loss_fn = model.loss if callable(model.loss) else keras.losses.get(model.loss)
+    n = len(x)
+    steps = n // batch_size + (n % batch_size > 0)
+
+    if backend == "jax":
+        import jax
+
+        def step(state, xb, yb):
+            trainable, non_trainable, opt = state
+
+            def loss_of(trainable):
+                y_pred, nt = model.stateless_call(trainable, non_trainable, xb, training=True)
+                return keras.ops.mean(loss_fn(yb, y_pred)), nt
+
+            (loss, nt), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+            trainable, opt = model.optimizer.stateless_apply(opt, grads, trainable)
+            return loss, (trainable, nt, opt)
+
+        step = jax.jit(step, donate_argnums=0)
+        state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
+                 [v.value for v in model.optimizer.variables])
+
+        def run(epochs=epochs):
+            nonlocal state
+            loss = None
+            for epoch in range(epochs):
+                order = np.random.default_rng([0, epoch]).permutation(n)
+                xs, ys = x[order], y[order]
+                for i in range(steps):
+                    loss, state = step(state, xs[i * batch_size:(i + 1) * batch_size],
+                                       ys[i * batch_size:(i + 1) * batch_size])
+                float(loss)  # one host copy per epoch, as Program.fit's epoch logs
+        return run
+
+    import torch
+
+    weights = model.trainable_weights
+
+    def run(epochs=epochs):
+        for epoch in range(epochs):
+            order = np.random.default_rng([0, epoch]).permutation(n)
+            xs, ys = torch.as_tensor(x[order]), torch.as_tensor(y[order])
+            for i in range(steps):
+                xb, yb = xs[i * batch_size:(i + 1) * batch_size], ys[i * batch_size:(i + 1) * batch_size]
+                model.zero_grad()
+                loss = keras.ops.mean(loss_fn(yb, model(xb, training=True)))
+                loss.backward()
+                with torch.no_grad():
+                    model.optimizer.apply([w.value.grad for w in weights], weights)
+            float(loss)
+    return run
+
+
+def measure(build, x, y, batch_size: int, epochs: int, with_callbacks: bool = True) -> dict:
+    times = {}
+    raw = raw_loop(build, x, y, batch_size, epochs)
+    raw(1)
+    times["a"] = common.best_of(raw)
+
+    model = build(keras.Model)
+    model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
+    times["b"] = common.best_of(lambda: model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0))
+
+    program = build(Program)
+    asyncio.run(program.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, seed=0))
+    times["c"] = common.best_of(lambda: asyncio.run(
+        program.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, seed=0)))
+
+    if with_callbacks:
+        workdir = tempfile.mkdtemp()
+        split = int(len(x) * 0.9)
+        xv, yv = x[split:], y[split:]
+
+        def callbacks():
+            shutil.rmtree(workdir, ignore_errors=True)
+            return [EarlyStopping(monitor="val_loss", patience=100),
+                    ProgramCheckpoint(f"{workdir}/best.keras", monitor="val_loss", save_best_only=True),
+                    BackupAndRestore(f"{workdir}/backup"), CSVLogger(f"{workdir}/log.csv"), TerminateOnNaN()]
+
+        # (d) validates on 10% more data each epoch: (c) is re-timed with the same validation.
+        asyncio.run(program.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, validation_data=(xv, yv),
+                                callbacks=callbacks()))
+        times["c_val"] = common.best_of(lambda: asyncio.run(program.fit(
+            x, y, batch_size=batch_size, epochs=epochs, verbose=0, seed=0, validation_data=(xv, yv))))
+        times["d"] = common.best_of(lambda: asyncio.run(program.fit(
+            x, y, batch_size=batch_size, epochs=epochs, verbose=0, seed=0, validation_data=(xv, yv),
+            callbacks=callbacks())))
+        shutil.rmtree(workdir, ignore_errors=True)
+    return times
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20_000, 32)).astype("float32")
+    y = (x[:, :4].sum(axis=1, keepdims=True) + 0.1 * rng.normal(size=(20_000, 1))).astype("float32")
+    epochs = 3
+    steps = epochs * 625
+    t = measure(mlp, x, y, 32, epochs)
+
+    from sklearn.datasets import load_digits
+
+    dx, dy = load_digits(return_X_y=True)
+    dx = (dx / 16.0).astype("float32").reshape(-1, 8, 8, 1)
+    dx, dy = np.concatenate([dx] * 4), np.concatenate([dy] * 4).astype("int32")
+    cnn_times = measure(cnn, dx, dy, 128, 3, with_callbacks=False)
+
+    us = lambda seconds, n: f"{seconds / n * 1e6:.0f} us/step"  # noqa: E731
+    rows = [
+        ("MLP (a) raw jitted loop", us(t["a"], steps), "the limit"),
+        ("MLP (b) keras.Model.fit", us(t["b"], steps), ""),
+        ("MLP (c) Program.fit, no callbacks", us(t["c"], steps), ""),
+        ("MLP (d) Program.fit, 5 built-ins + validation", us(t["d"], steps), ""),
+        ("MLP c / a", f"{t['c'] / t['a']:.2f}", "<= 1.10"),
+        ("MLP d / a (validation time removed: d - (c_val - c))", f"{(t['d'] - (t['c_val'] - t['c'])) / t['a']:.2f}",
+         "<= 1.20"),
+        ("MLP d / c_val (same validation)", f"{t['d'] / t['c_val']:.2f}", ""),
+        ("MLP b / c (how much faster than Keras)", f"{t['b'] / t['c']:.2f}x", ">= 3x"),
+        ("CNN c / a (compute-bound, batch 128)", f"{cnn_times['c'] / cnn_times['a']:.3f}", "<= 1.03"),
+        ("CNN b / c", f"{cnn_times['b'] / cnn_times['c']:.2f}x", ""),
+    ]
+    common.report("step_overhead", rows, notes=(
+        f"MLP 32-64-1, batch 32, 20k samples, {epochs} epochs ({steps} steps), Adam, best of 3. "
+        "CNN: 2 conv + 2 dense on load_digits x4, batch 128, 3 epochs. (d) validates on 2k samples "
+        "each epoch, which (a) does not: the d/a row subtracts that validation time as measured by c_val."))
+
+
+if __name__ == "__main__":
+    main()
