@@ -3,6 +3,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+from trainer.experiment import Experiment, ExperimentContext, ExperimentResult, RunResult  # noqa: E402
 from trainer.history import History  # noqa: E402
 from trainer.program import FunctionalProgram, Program, SequentialProgram  # noqa: E402
 
@@ -14,4 +15,7 @@ def load_program(path: str, custom_objects: dict | None = None, compile: bool = 
     return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile)
 
 
-__all__ = ["Program", "FunctionalProgram", "SequentialProgram", "History", "load_program"]
+__all__ = [
+    "Program", "FunctionalProgram", "SequentialProgram", "History", "load_program",
+    "Experiment", "ExperimentContext", "ExperimentResult", "RunResult",
+]
