@@ -15,13 +15,14 @@ from callbacks.backup_and_restore import BackupAndRestore  # noqa: E402
 from callbacks.csv_logger import CSVLogger  # noqa: E402
 from callbacks.early_stopping import EarlyStopping  # noqa: E402
 from callbacks.lambda_callback import LambdaCallback  # noqa: E402
+from callbacks.monitor import Monitor  # noqa: E402
 from callbacks.monitor_base import MonitorCallback  # noqa: E402
 from callbacks.program_checkpoint import ProgramCheckpoint  # noqa: E402
 from callbacks.terminate_on_nan import TerminateOnNaN  # noqa: E402
 from callbacks.progress_bar import ProgressBar  # noqa: E402
 
 __all__ = [
-    "BackupAndRestore", "CSVLogger", "EarlyStopping", "LambdaCallback", "ProgramCheckpoint", "TerminateOnNaN",
+    "BackupAndRestore", "CSVLogger", "EarlyStopping", "LambdaCallback", "Monitor", "ProgramCheckpoint", "TerminateOnNaN",
     "Callback", "CallbackList", "CallableCallback", "ManifestRow", "MonitorCallback", "ProgressBar",
     "StopTraining", "TrainingInterrupted", "Update",
 ]

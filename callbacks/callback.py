@@ -45,6 +45,7 @@ class ManifestRow:
     monitor: str | None = None
     value: float | None = None
     time: float = dataclasses.field(default_factory=time.time)
+    seconds: float | None = None  # how long the write took
 
 
 class Update:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import string
+import time
 
 from callbacks.atomic import atomic_write
 from callbacks.callback import ManifestRow
@@ -101,7 +102,9 @@ class ProgramCheckpoint(MonitorCallback):
         program = self.program  # writes the loop's state back (JAX) before saving
         save = program.save_variables if self.save_variables_only else program.save
         # The loop waits here (no step runs while the file is written), the event loop does not.
+        started = time.perf_counter()
         await in_worker_thread(atomic_write, path, save, self.suffix)
+        seconds = time.perf_counter() - started
         if path in self.kept:
             self.kept.remove(path)
         self.kept.append(path)
@@ -112,7 +115,8 @@ class ProgramCheckpoint(MonitorCallback):
                     os.remove(old)
         kind = "variables" if self.save_variables_only else "program"
         await self.notify_checkpoint(ManifestRow(path=path, kind=kind, epoch=epoch, step=program.step_count,
-                                                 monitor=self.monitor, value=None if value is None else float(value)))
+                                                 monitor=self.monitor, value=None if value is None else float(value),
+                                                 seconds=seconds))
 
     def state_dict(self) -> dict:
         return {"best": self.best, "kept": list(self.kept)}

@@ -5,6 +5,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from trainer.experiment import Experiment, ExperimentContext, ExperimentResult, RunResult  # noqa: E402
 from trainer.history import History  # noqa: E402
+from trainer.observability import disable_observability, enable_observability  # noqa: E402
 from trainer.program import FunctionalProgram, Program, SequentialProgram  # noqa: E402
 
 
@@ -18,4 +19,5 @@ def load_program(path: str, custom_objects: dict | None = None, compile: bool = 
 __all__ = [
     "Program", "FunctionalProgram", "SequentialProgram", "History", "load_program",
     "Experiment", "ExperimentContext", "ExperimentResult", "RunResult",
+    "enable_observability", "disable_observability",
 ]

@@ -17,6 +17,7 @@ from callbacks.progress_bar import ProgressBar, resolve_verbose
 from trainer.data import ArraySource, AsyncIterableSource, Source, make_source
 from trainer.history import History
 from trainer.loop import Engine, RunState
+from trainer.observability import with_monitor
 from trainer.reward import RewardLoss, RewardMetric
 
 FIT_KEYWORDS = (
@@ -286,7 +287,7 @@ class Program(keras.Model):
         # Eager metric reads compile small ops on first use: keep them off the event loop.
         log_keys = await _to_thread(self.expected_log_keys, tuple(validation))
         history = History()
-        callback_list = self._callback_list([history, *(callbacks or ())], verbose)
+        callback_list = self._callback_list([history, *with_monitor(callbacks)], verbose)
         params = {
             "epochs": epochs, "steps": source.steps(), "batch_size": batch_size, "verbose": verbose,
             "initial_epoch": initial_epoch, "seed": seed, "shuffle": shuffle,
@@ -343,7 +344,8 @@ class Program(keras.Model):
             await source.prime()
         await _to_thread(self._check_features, source.first_batch())
         verbose = resolve_verbose(verbose)
-        callback_list = CallbackList([*(callbacks or ()), *([ProgressBar(verbose)] if verbose else [])], program=self)
+        callback_list = CallbackList([*with_monitor(callbacks), *([ProgressBar(verbose)] if verbose else [])],
+                                     program=self)
         callback_list.set_params({"steps": source.steps(), "batch_size": batch_size, "verbose": verbose})
         engine = Engine(self, callback_list)
         logs = await engine.evaluate(source)
@@ -364,7 +366,7 @@ class Program(keras.Model):
         first = source.first_batch()
         await _to_thread(self._check_features, (first[0], None, None), False)
         verbose = resolve_verbose(verbose)
-        callback_list = CallbackList(callbacks or (), program=self)
+        callback_list = CallbackList(with_monitor(callbacks), program=self)
         callback_list.set_params({"steps": source.steps(), "batch_size": batch_size, "verbose": verbose})
         return await Engine(self, callback_list).predict(source)
 
