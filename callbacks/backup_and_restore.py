@@ -245,34 +245,36 @@ class BackupAndRestore(Callback):
             "rng": global_rng_state(),
             "callbacks": self._callback_list.state_dicts() if self._callback_list is not None else {},
         }
-        return meta, arrays
+        # Pickled now, not in the writer thread: state_dicts may hand out live objects
+        # (History's lists) that the next epochs would change before the file is written.
+        return meta, pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL), arrays
 
     async def _backup(self) -> None:
         if self._pending is not None:
             await self._pending  # one write at a time, in order
         for check in self.run_state.before_backup:
             check()  # e.g. TerminateOnNaN: never back up a poisoned state
-        meta, arrays = self._snapshot()
+        meta, payload, arrays = self._snapshot()
         self._last_step = meta["step_count"]
         self._last_time = time.monotonic()
-        self._pending = asyncio.ensure_future(asyncio.to_thread(self._write, meta, arrays))
+        started = time.perf_counter()
+        self._pending = asyncio.ensure_future(asyncio.to_thread(self._write, self._path(meta), payload, arrays))
         self._pending.add_done_callback(lambda task: task.exception())  # surfaced by the next await
         if self._callback_list is not None and self._callback_list.wants("on_checkpoint"):
             await self._pending
             await self.notify_checkpoint(ManifestRow(path=self._path(meta), kind="backup", epoch=meta["epoch"],
-                                                     step=meta["step_count"]))
+                                                     step=meta["step_count"],
+                                                     seconds=time.perf_counter() - started))
 
     def _path(self, meta: dict) -> str:
         return os.path.join(self.backup_dir, f"backup-{meta['step_count']:010d}.npz")
 
-    def _write(self, meta: dict, arrays: dict) -> None:
-        payload = np.frombuffer(pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL), dtype=np.uint8)
-
+    def _write(self, path: str, payload: bytes, arrays: dict) -> None:
         def write(tmp: str) -> None:
             with open(tmp, "wb") as handle:
-                np.savez(handle, __meta__=payload, **arrays)
+                np.savez(handle, __meta__=np.frombuffer(payload, dtype=np.uint8), **arrays)
 
-        atomic_write(self._path(meta), write)
+        atomic_write(path, write)
         for old in self.backups()[self.keep:]:
             os.remove(old)
 

@@ -335,3 +335,21 @@ async def test_lambda_callback_any_hook_sync_or_async(toy):
     assert events == [("begin",), ("computed", 0), ("computed", 1), ("epoch_end", 0)]
     with pytest.raises(TypeError, match="Did you mean 'on_epoch_end'"):
         LambdaCallback(on_epoch_ned=print)
+
+
+async def test_a_backup_holds_the_state_of_its_own_moment_even_when_written_late(toy, tmp_path, monkeypatch):
+    import time as time_module
+
+    original = BackupAndRestore._write
+
+    def slow_write(self, *args):
+        time_module.sleep(0.5)  # the epoch ends (History grows) before this file is written
+        return original(self, *args)
+
+    monkeypatch.setattr(BackupAndRestore, "_write", slow_write)
+    backup = BackupAndRestore(str(tmp_path / "b"), save_freq=5)
+    with pytest.raises(RuntimeError):
+        await make_program().fit(*toy, epochs=3, verbose=0, callbacks=[backup, CrashAt(10)])
+    meta, _ = backup._read(backup.backups()[0])
+    assert meta["step_count"] == 5 and meta["epoch"] == 0
+    assert meta["callbacks"]["History"]["epoch"] == []  # not epoch 0, which ended after the snapshot
