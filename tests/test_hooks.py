@@ -507,3 +507,23 @@ async def test_rejected_attempts_do_not_move_batchnorm_statistics(toy):
     await b.fit(x, y, epochs=1, shuffle=False, verbose=0, callbacks=[AcceptAll()])
     for va, vb in zip(a.non_trainable_variables, b.non_trainable_variables):
         np.testing.assert_allclose(np.asarray(va), np.asarray(vb), rtol=1e-6)
+
+
+async def test_fused_chunks_equal_single_steps(toy):
+    """With no per-batch hook, JAX runs 16 steps per dispatch (lax.scan); results must not change."""
+    x = np.concatenate([toy[0]] * 5)[:1000]  # 31 full batches + a partial one: chunks, singles, a remainder
+    y = np.concatenate([toy[1]] * 5)[:1000]
+
+    class PerBatch(Callback):  # any per-batch hook turns chunking off
+        def on_train_batch_end(self, batch, logs=None):
+            pass
+
+    chunked = make_program(optimizer=keras.optimizers.Adam(0.01))
+    single = make_program(optimizer=keras.optimizers.Adam(0.01))
+    h1 = await chunked.fit(x, y, epochs=3, seed=0, verbose=0, validation_split=0.1)
+    h2 = await single.fit(x, y, epochs=3, seed=0, verbose=0, validation_split=0.1, callbacks=[PerBatch()])
+    assert chunked.step_count == single.step_count == 3 * 29
+    np.testing.assert_allclose(h1.history["loss"], h2.history["loss"], rtol=1e-6)
+    np.testing.assert_allclose(h1.history["val_loss"], h2.history["val_loss"], rtol=1e-6)
+    for a, b in zip(weights_of(chunked), weights_of(single)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -171,6 +171,31 @@ class ArraySource(Source):
             lo, hi = i * bs, min((i + 1) * bs, self.num_samples)
             yield (view(x, lo, hi), view(y, lo, hi), view(sw, lo, hi))
 
+    def can_chunk(self) -> bool:
+        """Whether batches can be stacked as views: plain arrays, no dict/tuple structure."""
+        return all(part is None or type(part) is np.ndarray for part in (self.x, self.y, self.sample_weight))
+
+    def epoch_chunks(self, epoch: int, start_batch: int, size: int):
+        """Like `epoch`, but runs of `size` full batches come stacked, as ("chunk", (xs, ys, sws))
+        with a leading axis of `size` (views, no copy); the rest come as ("batch", batch)."""
+        order = self.order(epoch)
+        x, y, sw = (self.x, self.y, self.sample_weight) if order is None else self._take(order)
+        bs, n = self.batch_size, self.num_samples
+        full = min(self._steps, n // bs)
+        i = start_batch
+        while i + size <= full:
+            lo, hi = i * bs, (i + size) * bs
+
+            def stack(part):
+                return None if part is None else part[lo:hi].reshape((size, bs) + part.shape[1:])
+
+            yield "chunk", (stack(x), stack(y), stack(sw))
+            i += size
+        while i < self._steps:
+            lo, hi = i * bs, min((i + 1) * bs, n)
+            yield "batch", tuple(None if part is None else part[lo:hi] for part in (x, y, sw))
+            i += 1
+
     def split(self, fraction: float) -> tuple["ArraySource", "ArraySource"]:
         """The last `fraction` of samples (before shuffling) become validation, as in Keras
         (which rounds the training part down, so any fraction > 0 validates on >= 1 sample)."""

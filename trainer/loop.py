@@ -41,8 +41,10 @@ from trainer.data import ArraySource, Source
 
 YIELD_EVERY_S = 0.002
 MAX_QUEUED_STEPS = 8
+CHUNK_STEPS = 16  # steps per dispatch when no callback needs per-batch control
 
 STEP_STAGE_HOOKS = ("on_compute_update_begin", "on_compute_update_end", "before_parameter_update")
+PER_BATCH_HOOKS = STEP_STAGE_HOOKS + ("on_train_batch_begin", "on_train_batch_end")
 
 
 def to_host(logs: dict | None) -> dict:
@@ -138,6 +140,9 @@ class Engine:
         program, hooks, stepper = self.program, self.callbacks, self.stepper
         source, validation, epochs = run.source, run.validation, run.epochs
         split = any(hooks.wants(h) for h in STEP_STAGE_HOOKS)
+        # Fused chunks: several steps per dispatch, only when nobody needs per-batch control.
+        chunked = (getattr(stepper, "supports_chunks", False) and not any(hooks.wants(h) for h in PER_BATCH_HOOKS)
+                   and isinstance(source, ArraySource) and source.can_chunk())
         wants_batch_begin = hooks.wants("on_train_batch_begin")
         wants_batch_end = hooks.wants("on_train_batch_end")
         epoch_logs: dict = {}
@@ -160,8 +165,10 @@ class Engine:
                 if hooks.wants("on_epoch_begin"):
                     await hooks.fire("on_epoch_begin", epoch, None)
                 logs = None
-                batches = source.epoch(epoch, first)
                 batch_index = first
+                if chunked:
+                    logs, batch_index = await self._chunked_epoch(run, epoch, first)
+                batches = iter(()) if chunked else source.epoch(epoch, first)
                 while True:
                     batch = await _next(batches, source.is_async)
                     if batch is None:
@@ -216,6 +223,26 @@ class Engine:
                 raise error
         self._finish()
         return epoch_logs
+
+    async def _chunked_epoch(self, run: RunState, epoch: int, first: int):
+        """One epoch in fused chunks of CHUNK_STEPS steps (plus single steps for the rest)."""
+        program, stepper, counts = self.program, self.stepper, self.program.__dict__
+        logs, batch_index = None, first
+        for kind, batch in run.source.epoch_chunks(epoch, first, CHUNK_STEPS):
+            if kind == "chunk":
+                logs, losses = await self.run("chunk", batch, stepper.train_chunk, batch)
+                run.batch_loss = losses[-1]
+                steps = CHUNK_STEPS
+            else:
+                logs, run.batch_loss = await self.run("fused", batch, stepper.train_step, batch)
+                steps = 1
+            counts["_step_count"] += steps
+            batch_index += steps
+            run.batch = batch_index
+            if program.stop_training:
+                break
+            await self.pacer.tick(logs)
+        return logs, batch_index
 
     def _finish(self) -> None:
         self.stepper.push()

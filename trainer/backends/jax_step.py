@@ -40,6 +40,15 @@ def _build_functions(program) -> dict:
         logs, state = apply(state, grads, aux)
         return logs, loss, state
 
+    def chunk(state, batches):
+        # Several steps in one dispatch: the same fused step, scanned over stacked batches.
+        def body(state, batch):
+            logs, loss, state = fused(state, batch)
+            return state, (logs, loss)
+
+        state, (logs, losses) = jax.lax.scan(body, state, batches)
+        return jax.tree_util.tree_map(lambda v: v[-1], logs), losses, state
+
     def test(trainable, non_trainable, metrics_vars, batch):
         logs, (_, _, metrics_vars) = program.test_step((trainable, non_trainable, metrics_vars), batch)
         return logs, metrics_vars
@@ -52,6 +61,7 @@ def _build_functions(program) -> dict:
         "compute": jax.jit(compute),
         "apply": jax.jit(apply, donate_argnums=0),
         "fused": jax.jit(fused, donate_argnums=0),
+        "chunk": jax.jit(chunk, donate_argnums=0),
         "test": jax.jit(test),  # no donation: the metric variables keep readable values
         "predict": jax.jit(predict),
         "grad_norm": jax.jit(_global_norm),
@@ -129,6 +139,14 @@ class Stepper:
         logs, loss, self.state = self.fns["fused"](self._current(), batch)
         self._synced = False
         return logs, loss
+
+    supports_chunks = True
+
+    def train_chunk(self, batches):
+        """len(batches[0]) steps in one dispatch; returns (logs after the last, per-step losses)."""
+        logs, losses, self.state = self.fns["chunk"](self._current(), batches)
+        self._synced = False
+        return logs, losses
 
     def metrics_result(self) -> dict:
         self.push()
