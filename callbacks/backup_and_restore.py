@@ -19,7 +19,7 @@ import keras
 import numpy as np
 
 from callbacks.atomic import atomic_write, fsync_dir
-from callbacks.callback import Callback, ManifestRow, TrainingInterrupted
+from callbacks.callback import Callback, ManifestRow
 
 BACKUP_FORMAT = 1
 _NAME = re.compile(r"backup-(\d+)\.npz$")
@@ -137,6 +137,8 @@ class BackupAndRestore(Callback):
         self._last_step = 0
         self._last_time = 0.0
         self._fingerprint = None
+        if save_freq == "epoch":
+            self.on_train_batch_end = None  # nothing per batch: fused chunks stay on
 
     def _state_key_args(self) -> str:
         return f"[{self.backup_dir}]"
@@ -179,6 +181,7 @@ class BackupAndRestore(Callback):
             break
         self._last_step = program.step_count
         self._last_time = time.monotonic()
+        run.interrupt_handlers.append(self._interrupted)
         self._install_signal_handlers()
 
     def _restore(self, meta: dict, arrays: dict, program, run) -> None:
@@ -209,8 +212,6 @@ class BackupAndRestore(Callback):
 
     # -- when to back up -------------------------------------------------------------------------
     async def on_train_batch_end(self, batch, logs=None):
-        if self._signal is not None:
-            await self._interrupt()
         run = self.run_state
         steps = self.params.get("steps")
         if steps is not None and run.batch >= steps:
@@ -219,8 +220,6 @@ class BackupAndRestore(Callback):
             await self._backup()
 
     async def on_epoch_end(self, epoch, logs=None):
-        if self._signal is not None:
-            await self._interrupt()
         if self._due(per_batch=False):
             await self._backup()
 
@@ -311,16 +310,14 @@ class BackupAndRestore(Callback):
         if self._signal is not None:  # the second signal: end now
             os._exit(128 + sig)
         self._signal = sig
+        run = self.run_state
+        if run is not None:  # the loop sees it after the current step and calls _interrupted
+            run.interrupted = signal.Signals(sig).name
 
-    async def _interrupt(self) -> None:
+    async def _interrupted(self) -> None:
         await self._flush()
         await self._backup()
         await self._flush()
-        name = signal.Signals(self._signal).name
-        raise TrainingInterrupted(
-            f"{name} received: the step finished and a backup was written to {self.backup_dir!r} "
-            f"(epoch {self.run_state.epoch}, batch {self.run_state.batch}); run again to resume."
-        )
 
     # -- end -------------------------------------------------------------------------------------------
     async def on_train_end(self, logs=None):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import math
 
 import numpy as np
 
@@ -59,19 +58,20 @@ class TerminateOnNaN(Callback):
         run = self.run_state
         if run is not None:
             run.before_backup.append(self.check_pending)
+            run.value_watchers.append(self._watch)  # not a batch hook: fused chunks stay on
 
-    def on_train_batch_end(self, batch, logs=None):
+    def _watch(self, first_step: int, losses, logs) -> None:
+        """After each step (or fused chunk): queue its values, check those already computed."""
         logs = logs or {}
         if self.monitor is True:
             values = dict(logs)
         else:
             keys = [self.monitor] if isinstance(self.monitor, str) else self.monitor
             values = {key: logs.get(key) for key in keys}
-        run = self.run_state
-        if "loss" in values and run is not None and run.batch_loss is not None:
-            values["loss"] = run.batch_loss
-        self._pending.append((self._program.step_count, batch, values))
-        while self._pending and _ready(self._pending[0][2]):
+        if "loss" in values and losses is not None:
+            values["loss"] = losses  # this step's loss, or each step's in a chunk
+        self._pending.append((first_step, values))
+        while self._pending and _ready(self._pending[0][1]):
             self._check(*self._pending.popleft())
 
     def on_epoch_end(self, epoch, logs=None):
@@ -82,15 +82,17 @@ class TerminateOnNaN(Callback):
         while self._pending:
             self._check(*self._pending.popleft())
 
-    def _check(self, step: int, batch: int, values: dict) -> None:
+    def _check(self, first_step: int, values: dict) -> None:
         for key, value in values.items():
             if value is None:
                 continue
-            number = float(np.asarray(value))
-            if not math.isfinite(number):
+            numbers = np.asarray(value, dtype=np.float64).reshape(-1)
+            bad = np.flatnonzero(~np.isfinite(numbers))
+            if bad.size:
                 self._pending.clear()
+                step = first_step + int(bad[0]) if numbers.size > 1 else first_step
                 self.terminated_at = step
-                raise StopTraining(f"{key} is {number} at step {step} (batch {batch}); stopped by TerminateOnNaN",
+                raise StopTraining(f"{key} is {numbers[bad[0]]} at step {step}; stopped by TerminateOnNaN",
                                    keep_backup=True)
 
 

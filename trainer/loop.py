@@ -34,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 from keras import tree
 
-from callbacks.callback import StopTraining, Update
+from callbacks.callback import StopTraining, TrainingInterrupted, Update
 from callbacks.callback_list import CallbackList
 from trainer.backends import make_stepper
 from trainer.data import ArraySource, Source
@@ -112,6 +112,13 @@ class RunState:
     resume_at: tuple | None = None
     batch_loss: Any = None  # this step's loss (not the epoch's running mean), on the device
     before_backup: list = dataclasses.field(default_factory=list)  # checks a backup must pass first
+    # Observers that need no control between steps, so fused chunks stay on:
+    # value_watchers get (first_step, losses, logs) after every step or chunk (losses is
+    # that step's loss, or a chunk's per-step losses); interrupted is set by a signal
+    # handler and makes the loop await interrupt_handlers after the current step.
+    value_watchers: list = dataclasses.field(default_factory=list)
+    interrupted: str | None = None
+    interrupt_handlers: list = dataclasses.field(default_factory=list)
     keep_backup: bool = False
     completed: bool = False
 
@@ -182,11 +189,17 @@ class Engine:
                     counts["_step_count"] += 1  # program.step_count, without Keras' attribute tracking
                     batch_index += 1
                     run.batch = batch_index
+                    for watch in run.value_watchers:
+                        watch(counts["_step_count"], run.batch_loss, logs)
+                    if run.interrupted is not None:
+                        await self._interrupt(run)
                     if wants_batch_end:
                         await hooks.fire("on_train_batch_end", batch_index - 1, logs)
                     if program.stop_training:
                         break
                     await self.pacer.tick(logs)
+                if run.interrupted is not None:
+                    await self._interrupt(run)
                 if logs is None and first > 0:
                     logs = stepper.metrics_result()  # resumed right at the end of an epoch
                 if logs is None:
@@ -239,10 +252,22 @@ class Engine:
             counts["_step_count"] += steps
             batch_index += steps
             run.batch = batch_index
+            for watch in run.value_watchers:
+                watch(counts["_step_count"] - steps + 1, losses if steps > 1 else run.batch_loss, logs)
+            if run.interrupted is not None:
+                await self._interrupt(run)
             if program.stop_training:
                 break
             await self.pacer.tick(logs)
         return logs, batch_index
+
+    async def _interrupt(self, run: RunState) -> None:
+        """A signal came: the current step is done; let the handlers back up, then end fit."""
+        for handler in run.interrupt_handlers:
+            await handler()
+        raise TrainingInterrupted(f"{run.interrupted} received: the step finished (epoch {run.epoch}, "
+                                  f"batch {run.batch}, step {self.program.step_count}); run again to resume "
+                                  "from the backup.")
 
     def _finish(self) -> None:
         self.stepper.push()
