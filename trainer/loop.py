@@ -110,7 +110,7 @@ class RunState:
     epoch: int = 0
     batch: int = 0
     resume_at: tuple | None = None
-    batch_loss: Any = None  # this step's loss (not the epoch's running mean), on the device
+    batch_loss: Any = None  # this step's loss (not the running mean), or a fused chunk's per-step losses
     before_backup: list = dataclasses.field(default_factory=list)  # checks a backup must pass first
     # Observers that need no control between steps, so fused chunks stay on:
     # value_watchers get (first_step, losses, logs) after every step or chunk (losses is
@@ -243,8 +243,9 @@ class Engine:
         logs, batch_index = None, first
         for kind, batch in run.source.epoch_chunks(epoch, first, CHUNK_STEPS):
             if kind == "chunk":
-                logs, losses = await self.run("chunk", batch, stepper.train_chunk, batch)
-                run.batch_loss = losses[-1]
+                # The chunk's per-step losses, as they are: indexing one out here would compile a
+                # small op on the event loop's thread.
+                logs, run.batch_loss = await self.run("chunk", batch, stepper.train_chunk, batch)
                 steps = CHUNK_STEPS
             else:
                 logs, run.batch_loss = await self.run("fused", batch, stepper.train_step, batch)
@@ -253,7 +254,7 @@ class Engine:
             batch_index += steps
             run.batch = batch_index
             for watch in run.value_watchers:
-                watch(counts["_step_count"] - steps + 1, losses if steps > 1 else run.batch_loss, logs)
+                watch(counts["_step_count"] - steps + 1, run.batch_loss, logs)
             if run.interrupted is not None:
                 await self._interrupt(run)
             if program.stop_training:
