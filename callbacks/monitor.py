@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
 import os
 import tempfile
@@ -14,6 +15,7 @@ import keras
 from callbacks.callback import Callback, TrainingInterrupted
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict:
     found = {"keras_backend": keras.backend.backend()}
     for package in ("asyncfit", "keras", "jax", "torch", "tensorflow", "numpy", "mlflow"):
@@ -179,7 +181,7 @@ class Monitor(Callback):
         if optimizer is not None:
             params["optimizer"] = type(optimizer).__name__
             params.update({f"optimizer.{k}": v for k, v in optimizer.get_config().items()})
-        params.update(_versions())
+        params.update(_versions())  # read once per process: importlib.metadata is slow
         params["program.name"] = program.name
         params["program.parameters"] = program.count_params()
         self.worker.submit(("params", key, params))
