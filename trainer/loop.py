@@ -326,18 +326,12 @@ class Engine:
         if hooks.wants("on_test_begin"):
             await hooks.fire("on_test_begin", None)
         logs = None
-        batches = source.epoch(0)
-        index = 0
-        while True:
-            batch = await _next(batches, source.is_async)
-            if batch is None:
-                break
+        async for index, batch in _enumerate(source):
             if hooks.wants("on_test_batch_begin"):
                 await hooks.fire("on_test_batch_begin", index, None)
             logs = await self.run("test", batch, stepper.test_step, batch)
             if hooks.wants("on_test_batch_end"):
                 await hooks.fire("on_test_batch_end", index, logs)
-            index += 1
             await self.pacer.tick(logs)
         if logs is None:
             raise ValueError("the evaluation data gave no batch; pass at least one sample.")
@@ -351,19 +345,13 @@ class Engine:
         if hooks.wants("on_predict_begin"):
             await hooks.fire("on_predict_begin", None)
         outputs = []
-        batches = source.epoch(0)
-        index = 0
-        while True:
-            batch = await _next(batches, source.is_async)
-            if batch is None:
-                break
+        async for index, batch in _enumerate(source):
             if hooks.wants("on_predict_batch_begin"):
                 await hooks.fire("on_predict_batch_begin", index, None)
             y_pred = await self.run("predict", batch, stepper.predict_step, batch[0])
             outputs.append(y_pred)
             if hooks.wants("on_predict_batch_end"):
                 await hooks.fire("on_predict_batch_end", index, {"outputs": y_pred})
-            index += 1
             await self.pacer.tick(y_pred)
         if not outputs:
             raise ValueError("the prediction data gave no batch; pass at least one sample.")
@@ -373,10 +361,22 @@ class Engine:
         return result
 
 
+async def _enumerate(source: Source):
+    """(index, batch) over one pass of `source` (sync or async), for evaluate and predict."""
+    batches = source.epoch(0)
+    index = 0
+    while True:
+        batch = await _next(batches, source.is_async)
+        if batch is None:
+            return
+        yield index, batch
+        index += 1
+
+
 async def _next(batches, is_async: bool):
     if is_async:
         return await anext(batches, None)
     return next(batches, None)
 
 
-__all__ = ["Engine", "Pacer", "to_host", "ArraySource"]
+__all__ = ["Engine", "Pacer", "RunState", "to_host", "in_worker_thread"]

@@ -41,3 +41,34 @@ def batch_signature(batch) -> tuple:
     else:
         leaves = keras.tree.flatten(batch)
     return tuple(None if leaf is None else (leaf.shape, leaf.dtype) for leaf in leaves)
+
+
+class EagerStepper:
+    """What torch and TensorFlow steppers share: their state lives in the Keras variables."""
+
+    supports_chunks = False
+
+    def __init__(self, program):
+        self.program = program
+        self.seen: set = set()
+
+    def push(self) -> None:
+        pass  # nothing lives outside the variables
+
+    def reset_metrics(self) -> None:
+        self.program.reset_metrics()
+
+    def begin_eval(self) -> None:
+        self.program.reset_metrics()
+
+    def metrics_result(self) -> dict:
+        return self.program.get_metrics_result()
+
+    def signature(self, kind: str, batch) -> tuple:
+        return (kind, batch_signature(batch))
+
+    def wait(self, value) -> None:
+        pass  # eager: computed already
+
+    def is_ready(self, value) -> bool:
+        return True

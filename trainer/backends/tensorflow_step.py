@@ -4,17 +4,16 @@ from __future__ import annotations
 import tensorflow as tf
 from keras import tree
 
-from trainer.backends import batch_signature
+from trainer.backends import EagerStepper
 
 
 def _first_dim(x):
     return tf.shape(next(i for i in tree.flatten(x) if i is not None))[0]
 
 
-class Stepper:
+class Stepper(EagerStepper):
     def __init__(self, program):
-        self.program = program
-        self.seen: set = set()
+        super().__init__(program)
         cache = program.__dict__.setdefault("_asyncfit_compiled", {})
         if "tensorflow" not in cache:
             cache["tensorflow"] = self._build()
@@ -51,15 +50,6 @@ class Stepper:
             "predict": tf.function(lambda x: forward(x, False), reduce_retracing=True),
         }
 
-    def push(self) -> None:
-        pass
-
-    def reset_metrics(self) -> None:
-        self.program.reset_metrics()
-
-    def signature(self, kind: str, batch) -> tuple:
-        return (kind, batch_signature(batch))
-
     def snapshot(self):
         return [tf.identity(v.value) for v in self.program.non_trainable_variables]
 
@@ -79,23 +69,11 @@ class Stepper:
     def train_step(self, batch):
         return self.fns["fused"](*batch)
 
-    def metrics_result(self) -> dict:
-        return self.program.get_metrics_result()
-
     def grad_norm(self, grads):
         return tf.linalg.global_norm([g for g in grads if g is not None])
-
-    def begin_eval(self) -> None:
-        self.program.reset_metrics()
 
     def test_step(self, batch):
         return self.fns["test"](batch)
 
     def predict_step(self, x):
         return self.fns["predict"](x)
-
-    def wait(self, value) -> None:
-        pass
-
-    def is_ready(self, value) -> bool:
-        return True

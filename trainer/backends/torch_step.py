@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from keras import ops, tree
 
-from trainer.backends import batch_signature
+from trainer.backends import EagerStepper
 
 
 def _to_tensors(structure):
@@ -15,20 +15,7 @@ def _first_dim(x) -> int:
     return next(i for i in tree.flatten(x) if i is not None).shape[0]
 
 
-class Stepper:
-    def __init__(self, program):
-        self.program = program
-        self.seen: set = set()
-
-    def push(self) -> None:
-        pass
-
-    def reset_metrics(self) -> None:
-        self.program.reset_metrics()
-
-    def signature(self, kind: str, batch) -> tuple:
-        return (kind, batch_signature(batch))
-
+class Stepper(EagerStepper):
     def snapshot(self):
         # Forward passes update non-trainable state in place (BatchNorm statistics).
         return [v.value.detach().clone() for v in self.program.non_trainable_variables]
@@ -70,14 +57,8 @@ class Stepper:
         loss, grads, _, aux = self.compute(batch)
         return self.apply(grads, aux), loss
 
-    def metrics_result(self) -> dict:
-        return self.program.get_metrics_result()
-
     def grad_norm(self, grads):
         return torch.sqrt(sum(torch.sum(g * g) for g in grads if g is not None))
-
-    def begin_eval(self) -> None:
-        self.program.reset_metrics()
 
     def test_step(self, batch):
         with torch.no_grad():
@@ -86,9 +67,3 @@ class Stepper:
     def predict_step(self, x):
         with torch.no_grad():
             return self._forward(_to_tensors(x), training=False)
-
-    def wait(self, value) -> None:
-        pass
-
-    def is_ready(self, value) -> bool:
-        return True
