@@ -19,10 +19,11 @@ from callbacks.monitor import Monitor  # noqa: E402
 from callbacks.monitor_base import MonitorCallback  # noqa: E402
 from callbacks.program_checkpoint import ProgramCheckpoint  # noqa: E402
 from callbacks.terminate_on_nan import TerminateOnNaN  # noqa: E402
+from trainer.history import History  # noqa: E402  (it lives with the loop that returns it)
 from callbacks.progress_bar import ProgressBar  # noqa: E402
 
 __all__ = [
-    "BackupAndRestore", "CSVLogger", "EarlyStopping", "LambdaCallback", "Monitor", "ProgramCheckpoint", "TerminateOnNaN",
+    "BackupAndRestore", "CSVLogger", "EarlyStopping", "History", "LambdaCallback", "Monitor", "ProgramCheckpoint", "TerminateOnNaN",
     "Callback", "CallbackList", "CallableCallback", "ManifestRow", "MonitorCallback", "ProgressBar",
     "StopTraining", "TrainingInterrupted", "Update",
 ]
