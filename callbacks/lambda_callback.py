@@ -39,6 +39,3 @@ class LambdaCallback(Callback):
 
     def _state_key_args(self) -> str:
         return f"[{','.join(self._names)}]"
-
-
-

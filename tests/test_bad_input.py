@@ -1,5 +1,4 @@
 """Bad input fails with a clear error before the first step, and no step runs."""
-import keras
 import numpy as np
 import pytest
 

@@ -1,5 +1,4 @@
 """Experiments: arms x repeats, hooks in order, seeds, failures, concurrency, re-runs, plots."""
-import asyncio
 
 import keras
 import numpy as np

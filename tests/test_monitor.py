@@ -8,14 +8,13 @@ import sys
 import time
 import urllib.request
 
-import numpy as np
 import pytest
 
 pytest.importorskip("mlflow")
 
 from mlflow import MlflowClient  # noqa: E402
 
-from callbacks import BackupAndRestore, Callback, Monitor, ProgramCheckpoint  # noqa: E402
+from callbacks import Callback, Monitor, ProgramCheckpoint  # noqa: E402
 from conftest import make_program  # noqa: E402
 from trainer import Experiment, disable_observability, enable_observability  # noqa: E402
 

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import difflib
-import math
-from typing import Any
 
 import keras
 import keras.src.backend
