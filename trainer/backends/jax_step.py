@@ -18,6 +18,11 @@ def _global_norm(grads):
     return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in grads if g is not None))
 
 
+def _has_convolutions(program) -> bool:
+    return any(type(layer).__module__.startswith("keras.src.layers.convolutional")
+               for layer in program._flatten_layers(include_self=False))
+
+
 def _build_functions(program) -> dict:
     def compute(state, batch):
         trainable, non_trainable, optimizer_vars, metrics_vars = state
@@ -40,14 +45,19 @@ def _build_functions(program) -> dict:
         logs, state = apply(state, grads, aux)
         return logs, loss, state
 
+    # Inside an XLA while loop, CPU convolutions lose their fast path (25x slower here), so
+    # programs with convolutions get the scan unrolled. Others keep it rolled: a small module
+    # to lower (lowering a 16x unrolled step holds the GIL long enough to stall the event
+    # loop), and faster.
+    unroll = _has_convolutions(program)
+
     def chunk(state, batches):
         # Several steps in one dispatch: the same fused step, scanned over stacked batches.
         def body(state, batch):
             logs, loss, state = fused(state, batch)
             return state, (logs, loss)
 
-        # Unrolled: inside an XLA while loop, CPU convolutions lose their fast path (25x slower).
-        state, (logs, losses) = jax.lax.scan(body, state, batches, unroll=True)
+        state, (logs, losses) = jax.lax.scan(body, state, batches, unroll=unroll)
         return jax.tree_util.tree_map(lambda v: v[-1], logs), losses, state
 
     def test(trainable, non_trainable, metrics_vars, batch):
