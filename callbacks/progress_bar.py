@@ -42,7 +42,6 @@ class ProgressBar(Callback):
         self.interval = interval
         self._bar = None
         self._last_draw = 0.0
-        self._mode = "train"
 
     def _new_bar(self, target):
         self._bar = keras.utils.Progbar(target=target, verbose=self.verbose, stateful_metrics=None, unit_name="step")

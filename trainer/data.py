@@ -154,10 +154,13 @@ class ArraySource(Source):
     def first_batch(self) -> Batch:
         return self._take(slice(0, self.batch_size))
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+    def _epoch_arrays(self, epoch: int) -> Batch:
+        """The data in this epoch's order, gathered once: each batch is then a cheap view."""
         order = self.order(epoch)
-        # Gather the epoch's order once; each batch is then a cheap view.
-        x, y, sw = (self.x, self.y, self.sample_weight) if order is None else self._take(order)
+        return (self.x, self.y, self.sample_weight) if order is None else self._take(order)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        x, y, sw = self._epoch_arrays(epoch)
         bs = self.batch_size
 
         def view(part, lo, hi):
@@ -178,8 +181,7 @@ class ArraySource(Source):
     def epoch_chunks(self, epoch: int, start_batch: int, size: int):
         """Like `epoch`, but runs of `size` full batches come stacked, as ("chunk", (xs, ys, sws))
         with a leading axis of `size` (views, no copy); the rest come as ("batch", batch)."""
-        order = self.order(epoch)
-        x, y, sw = (self.x, self.y, self.sample_weight) if order is None else self._take(order)
+        x, y, sw = self._epoch_arrays(epoch)
         bs, n = self.batch_size, self.num_samples
         full = min(self._steps, n // bs)
         i = start_batch

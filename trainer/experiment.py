@@ -16,13 +16,11 @@ import keras
 import numpy as np
 
 from callbacks.atomic import atomic_write, atomic_write_bytes
-from callbacks.callback import overrides
+from callbacks.callback import TEST_HOOKS, TRAIN_HOOKS, overrides
 from callbacks.callback_list import CallbackList
 from callbacks.monitor_base import metric_direction
 
-FIT_HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_compute_update_begin",
-             "on_compute_update_end", "before_parameter_update", "on_train_batch_end", "on_epoch_end",
-             "on_train_end", "on_train_error", "on_test_begin", "on_test_end", "on_eval", "on_checkpoint")
+FIT_HOOKS = TRAIN_HOOKS + TEST_HOOKS  # what one fit call fires (validation included)
 
 
 @dataclasses.dataclass
