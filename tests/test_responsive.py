@@ -38,3 +38,26 @@ async def test_ticker_sees_no_gap_above_20ms_during_fit(toy):
     assert len(history.epoch) == 3
     assert ticks > 50
     assert worst < 0.020, f"the event loop was blocked for {worst * 1000:.1f} ms"
+
+
+async def test_process_settings_are_held_while_any_fit_runs_and_then_restored(toy):
+    """Old objects stay out of garbage collection during training (a full collection of a
+    large heap would block the event loop), and the GIL switch interval lowered for
+    compiles is restored, also when two fits overlap."""
+    import gc
+    import sys
+
+    from callbacks import LambdaCallback
+
+    x, y = toy
+    interval = sys.getswitchinterval()
+    seen = []
+    frozen_during = LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(gc.get_freeze_count()))
+    assert gc.get_freeze_count() == 0
+    await asyncio.gather(
+        make_program(seed=1).fit(x, y, epochs=2, verbose=0, callbacks=[frozen_during]),
+        make_program(seed=2).fit(x, y, epochs=3, verbose=0),
+    )
+    assert seen and all(count > 1000 for count in seen)
+    assert gc.get_freeze_count() == 0
+    assert sys.getswitchinterval() == interval

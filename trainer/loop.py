@@ -25,8 +25,12 @@ them, in a worker thread too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
+import gc
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Callable
@@ -58,15 +62,74 @@ def to_host(logs: dict | None) -> dict:
     return host
 
 
-async def in_worker_thread(fn: Callable, *args):
-    """Run `fn` in a worker thread. Tracing and compiling hold the GIL in long runs,
-    so meanwhile the interpreter hands the GIL over every 0.5 ms instead of 5 ms."""
+class SharedSetting:
+    """A process-wide setting held while any user needs it: concurrent fits nest, and
+    the last one out restores the original."""
+
+    def __init__(self, apply: Callable[[], Any], restore: Callable[[Any], None]):
+        self.apply, self.restore = apply, restore
+        self.users = 0
+        self.saved = None
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self):
+        with self.lock:
+            if self.users == 0:
+                self.saved = self.apply()
+            self.users += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.users -= 1
+                if self.users == 0:
+                    self.restore(self.saved)
+
+
+def _fast_handoff():
     previous = sys.getswitchinterval()
     sys.setswitchinterval(min(previous, 0.0005))
-    try:
+    return previous
+
+
+# Tracing and compiling in a worker thread hold the GIL in long runs, so meanwhile the
+# interpreter hands it over every 0.5 ms instead of 5 ms.
+FAST_GIL_HANDOFF = SharedSetting(_fast_handoff, sys.setswitchinterval)
+# A full collection of a large heap (Keras, JAX and MLflow loaded) holds the GIL for
+# 100-400 ms. While training, objects that existed before it began are left out of
+# collections (gc.freeze); young generations are still collected as usual. A process
+# that froze objects itself (before a fork, say) is left as it is.
+def _freeze_old_objects() -> bool:
+    if gc.get_freeze_count():
+        return False
+    gc.freeze()
+    return True
+
+
+def _unfreeze(froze: bool) -> None:
+    if froze:
+        gc.unfreeze()
+
+
+FROZEN_OLD_OBJECTS = SharedSetting(_freeze_old_objects, _unfreeze)
+
+
+async def in_worker_thread(fn: Callable, *args):
+    """Run `fn` in a worker thread, handing the GIL back to the event loop often."""
+    with FAST_GIL_HANDOFF.held():
         return await asyncio.to_thread(fn, *args)
-    finally:
-        sys.setswitchinterval(previous)
+
+
+def keeps_old_objects_out_of_gc(method):
+    """Decorator for the engine's entry points (see FROZEN_OLD_OBJECTS)."""
+
+    @functools.wraps(method)
+    async def wrapper(*args, **kwargs):
+        with FROZEN_OLD_OBJECTS.held():
+            return await method(*args, **kwargs)
+
+    return wrapper
 
 
 class Pacer:
@@ -143,6 +206,7 @@ class Engine:
         return result
 
     # -- training ------------------------------------------------------------------------
+    @keeps_old_objects_out_of_gc
     async def fit(self, run: RunState, *, initial_epoch: int, validation_freq: int, max_attempts: int) -> dict:
         program, hooks, stepper = self.program, self.callbacks, self.stepper
         source, validation, epochs = run.source, run.validation, run.epochs
@@ -320,6 +384,7 @@ class Engine:
         return val_logs
 
     # -- evaluation and prediction ------------------------------------------------------------
+    @keeps_old_objects_out_of_gc
     async def evaluate(self, source: Source) -> dict:
         hooks, stepper = self.callbacks, self.stepper
         stepper.begin_eval()
@@ -340,6 +405,7 @@ class Engine:
             await hooks.fire("on_test_end", logs)
         return logs
 
+    @keeps_old_objects_out_of_gc
     async def predict(self, source: Source):
         hooks, stepper = self.callbacks, self.stepper
         if hooks.wants("on_predict_begin"):
