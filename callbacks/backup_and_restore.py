@@ -44,6 +44,14 @@ def set_global_rng_state(state: dict) -> None:
         torch.set_rng_state(torch.from_numpy(state["torch"]))
 
 
+def host_view(value) -> np.ndarray:
+    """A variable's value as a NumPy array, with no copy where the backend allows it
+    (JAX and torch on CPU share the buffer; Keras' `convert_to_numpy` copies for JAX)."""
+    if keras.backend.backend() == "jax":
+        return np.asarray(value)
+    return keras.ops.convert_to_numpy(value)
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -137,6 +145,7 @@ class BackupAndRestore(Callback):
         self._last_step = 0
         self._last_time = 0.0
         self._fingerprint = None
+        self._host_buffers: dict[str, np.ndarray] = {}
         if save_freq == "epoch":
             self.on_train_batch_end = None  # nothing per batch: fused chunks stay on
 
@@ -231,13 +240,24 @@ class BackupAndRestore(Callback):
         return steps_due and time_due
 
     # -- writing ------------------------------------------------------------------------------
-    def _snapshot(self) -> tuple[dict, dict]:
+    def _snapshot(self) -> tuple[dict, bytes, dict]:
+        """The state copied to host memory: the one pause a backup costs training.
+
+        Each value is copied once, into a host buffer kept from the previous backup (its
+        file is written by then), so no fresh memory is faulted in; the copy is needed as
+        the next step may donate or update the device buffers in place."""
         program, run = self.program, self.run_state
         arrays, counts = {}, {}
         for group, variables in self._variable_groups(program).items():
             counts[group] = len(variables)
             for i, variable in enumerate(variables):
-                arrays[f"{group}{i}"] = np.array(keras.ops.convert_to_numpy(variable.value), copy=True)
+                key = f"{group}{i}"
+                value = host_view(variable.value)
+                buffer = self._host_buffers.get(key)
+                if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
+                    buffer = self._host_buffers[key] = np.empty_like(value)
+                np.copyto(buffer, value)
+                arrays[key] = buffer
         meta = {
             "format": BACKUP_FORMAT, "epoch": run.epoch, "batch": run.batch, "step_count": program.step_count,
             "seed": run.seed, "fingerprint": self._fingerprint, "counts": counts, "time": time.time(),
@@ -338,6 +358,7 @@ class BackupAndRestore(Callback):
             self._end()
 
     def _end(self) -> None:
+        self._host_buffers = {}
         self._remove_signal_handlers()
         self._release_lock()
 
