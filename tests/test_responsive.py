@@ -61,3 +61,18 @@ async def test_process_settings_are_held_while_any_fit_runs_and_then_restored(to
     assert seen and all(count > 1000 for count in seen)
     assert gc.get_freeze_count() == 0
     assert sys.getswitchinterval() == interval
+
+
+async def test_a_large_shuffle_does_not_block_the_event_loop():
+    """Each epoch gathers the data in a new order; for large data that copy (here 64 MiB,
+    tens of ms) runs in a worker thread."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2_000_000, 8)).astype("float32")
+    y = (x[:, :1] > 0).astype("float32")
+    program = make_program()
+    await program.fit(x[:64], y[:64], epochs=1, batch_size=32, verbose=0)  # compiles, outside the measure
+    worst, ticks, history = await _max_tick_gap(
+        program.fit(x, y, epochs=3, batch_size=32, steps_per_epoch=4, verbose=0)
+    )
+    assert len(history.epoch) == 3
+    assert worst < 0.020, f"the event loop was blocked for {worst * 1000:.1f} ms"

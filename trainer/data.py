@@ -154,10 +154,28 @@ class ArraySource(Source):
     def first_batch(self) -> Batch:
         return self._take(slice(0, self.batch_size))
 
-    def _epoch_arrays(self, epoch: int) -> Batch:
-        """The data in this epoch's order, gathered once: each batch is then a cheap view."""
+    def epoch_gather_bytes(self) -> int:
+        """How many bytes an epoch's shuffle copies (0 without shuffling)."""
+        if not self.shuffle:
+            return 0
+        return sum(leaf.nbytes for part in (self.x, self.y, self.sample_weight) if part is not None
+                   for leaf in tree.flatten(part))
+
+    def prepare_epoch(self, epoch: int) -> None:
+        """Gather this epoch's order now, for the next `epoch`/`epoch_chunks` call (the loop
+        runs this in a worker thread for large data)."""
+        self._prepared = (epoch, self._gather(epoch))
+
+    def _gather(self, epoch: int) -> Batch:
         order = self.order(epoch)
         return (self.x, self.y, self.sample_weight) if order is None else self._take(order)
+
+    def _epoch_arrays(self, epoch: int) -> Batch:
+        """The data in this epoch's order, gathered once: each batch is then a cheap view."""
+        prepared, self._prepared = getattr(self, "_prepared", None), None  # taken once: no second copy kept
+        if prepared is not None and prepared[0] == epoch:
+            return prepared[1]
+        return self._gather(epoch)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
         x, y, sw = self._epoch_arrays(epoch)

@@ -44,6 +44,8 @@ from trainer.backends import make_stepper
 from trainer.data import ArraySource, Source
 
 YIELD_EVERY_S = 0.002
+BOUNDARY_YIELD_S = 0.0005
+OFF_LOOP_SHUFFLE_BYTES = 4 << 20  # a larger epoch gather is done in a worker thread (NumPy frees the GIL)
 MAX_QUEUED_STEPS = 8
 CHUNK_STEPS = 16  # steps per dispatch when no callback needs per-batch control
 
@@ -155,6 +157,21 @@ class Pacer:
             await asyncio.sleep(0)
             self.last_yield = time.perf_counter()
 
+    # Between epochs and around validation several millisecond-long jobs follow each other
+    # (a host copy, resetting metrics, the next epoch's shuffle): the loop yields between them.
+    async def breathe(self) -> None:
+        if time.perf_counter() - self.last_yield >= BOUNDARY_YIELD_S:
+            await asyncio.sleep(0)
+            self.last_yield = time.perf_counter()
+
+    async def settle(self, value: Any) -> None:
+        """Before a host copy of `value` (device arrays): wait until they are computed in a
+        worker thread, not on the event loop's thread."""
+        if value is not None and not self.stepper.is_ready(value):
+            await asyncio.to_thread(self.stepper.wait, value)
+            self.last_yield = time.perf_counter()
+        await self.breathe()
+
 
 @dataclasses.dataclass
 class RunState:
@@ -233,6 +250,9 @@ class Engine:
                 run.epoch, run.batch = epoch, first
                 if first == 0:
                     stepper.reset_metrics()  # resumed mid-epoch: keep the restored running means
+                    await self.pacer.breathe()
+                if isinstance(source, ArraySource) and source.epoch_gather_bytes() > OFF_LOOP_SHUFFLE_BYTES:
+                    await in_worker_thread(source.prepare_epoch, epoch)
                 if hooks.wants("on_epoch_begin"):
                     await hooks.fire("on_epoch_begin", epoch, None)
                 logs = None
@@ -272,6 +292,7 @@ class Engine:
                         "a one-shot generator was exhausted; pass steps_per_epoch or a re-iterable source."
                     )
                     break
+                await self.pacer.settle(logs)
                 epoch_logs = to_host(logs)
                 if validation and (epoch + 1) % validation_freq == 0:
                     epoch_logs.update(await self._validate(epoch, validation))
@@ -280,6 +301,7 @@ class Engine:
                     await hooks.fire("on_epoch_end", epoch, epoch_logs)
                 if program.stop_training:
                     break
+                await self.pacer.breathe()
             else:
                 run.completed = True
         except StopTraining as stop:
@@ -388,6 +410,7 @@ class Engine:
     async def evaluate(self, source: Source) -> dict:
         hooks, stepper = self.callbacks, self.stepper
         stepper.begin_eval()
+        await self.pacer.breathe()
         if hooks.wants("on_test_begin"):
             await hooks.fire("on_test_begin", None)
         logs = None
@@ -400,6 +423,7 @@ class Engine:
             await self.pacer.tick(logs)
         if logs is None:
             raise ValueError("the evaluation data gave no batch; pass at least one sample.")
+        await self.pacer.settle(logs)
         logs = to_host(logs)
         if hooks.wants("on_test_end"):
             await hooks.fire("on_test_end", logs)
