@@ -23,6 +23,19 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
+def best_of_each(fns: dict, repeats: int = 5) -> dict:
+    """name -> the fastest of `repeats` wall times of `fns[name]()`, the functions taking
+    turns, so a slow spell of this shared machine hits all of them alike."""
+    best: dict = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            best[name] = min(best.get(name, elapsed), elapsed)
+    return best
+
+
 def machine() -> str:
     import keras
 

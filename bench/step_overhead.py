@@ -6,7 +6,7 @@
     batches and shuffling), (b) keras.Model.fit(verbose=0), (c) Program.fit with no
     callbacks, (d) Program.fit with EarlyStopping, ProgramCheckpoint(save_best_only),
     BackupAndRestore (per epoch), CSVLogger and TerminateOnNaN. Ratios are of wall time
-    for the same number of steps, measured side by side in one run (best of 3).
+    for the same number of steps, measured side by side in one run (best of 5, taking turns).
 A compute-bound case too: a small CNN on load_digits, batch 128.
 """
 import asyncio
@@ -101,22 +101,19 @@ def raw_loop(build, x, y, batch_size: int, epochs: int):
 
 
 def measure(build, x, y, batch_size: int, epochs: int, with_callbacks: bool = True) -> dict:
-    times = {}
     raw = raw_loop(build, x, y, batch_size, epochs)
     raw(1)
-    times["a"] = common.best_of(raw)
-
     model = build(keras.Model)
     model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
-    times["b"] = common.best_of(lambda: model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0))
-
     program = build(Program)
     asyncio.run(program.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, seed=0))
-    times["c"] = common.best_of(lambda: asyncio.run(
-        program.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, seed=0)))
-
+    runs = {
+        "a": raw,
+        "b": lambda: model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0),
+        "c": lambda: asyncio.run(program.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0, seed=0)),
+    }
+    workdir = tempfile.mkdtemp()
     if with_callbacks:
-        workdir = tempfile.mkdtemp()
         split = int(len(x) * 0.9)
         xv, yv = x[split:], y[split:]
 
@@ -126,15 +123,16 @@ def measure(build, x, y, batch_size: int, epochs: int, with_callbacks: bool = Tr
                     ProgramCheckpoint(f"{workdir}/best.keras", monitor="val_loss", save_best_only=True),
                     BackupAndRestore(f"{workdir}/backup"), CSVLogger(f"{workdir}/log.csv"), TerminateOnNaN()]
 
-        # (d) validates on 10% more data each epoch: (c) is re-timed with the same validation.
         asyncio.run(program.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, validation_data=(xv, yv),
                                 callbacks=callbacks()))
-        times["c_val"] = common.best_of(lambda: asyncio.run(program.fit(
-            x, y, batch_size=batch_size, epochs=epochs, verbose=0, seed=0, validation_data=(xv, yv))))
-        times["d"] = common.best_of(lambda: asyncio.run(program.fit(
+        # (d) validates on 10% more data each epoch: (c) is re-timed with the same validation.
+        runs["c_val"] = lambda: asyncio.run(program.fit(
+            x, y, batch_size=batch_size, epochs=epochs, verbose=0, seed=0, validation_data=(xv, yv)))
+        runs["d"] = lambda: asyncio.run(program.fit(
             x, y, batch_size=batch_size, epochs=epochs, verbose=0, seed=0, validation_data=(xv, yv),
-            callbacks=callbacks())))
-        shutil.rmtree(workdir, ignore_errors=True)
+            callbacks=callbacks()))
+    times = common.best_of_each(runs)
+    shutil.rmtree(workdir, ignore_errors=True)
     return times
 
 
@@ -168,7 +166,8 @@ def main() -> None:
         ("CNN b / c", f"{cnn_times['b'] / cnn_times['c']:.2f}x", ""),
     ]
     common.report("step_overhead", rows, notes=(
-        f"MLP 32-64-1, batch 32, 20k samples, {epochs} epochs ({steps} steps), Adam, best of 3. "
+        f"MLP 32-64-1, batch 32, 20k samples, {epochs} epochs ({steps} steps), Adam, best of 5, the "
+        "contenders taking turns. "
         "CNN: 2 conv + 2 dense on load_digits x4, batch 128, 3 epochs. (d) validates on 2k samples "
         "each epoch, which (a) does not: the d/a row subtracts that validation time as measured by c_val."))
 
