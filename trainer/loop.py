@@ -234,8 +234,7 @@ class Engine:
         wants_batch_begin = hooks.wants("on_train_batch_begin")
         wants_batch_end = hooks.wants("on_train_batch_end")
         epoch_logs: dict = {}
-        counts = program.__dict__
-        counts.setdefault("_step_count", 0)
+        program.__dict__.setdefault("_step_count", 0)
         program.stop_training = False
         object.__setattr__(program, "stop_reason", None)
         object.__setattr__(program, "_asyncfit_stepper", stepper)
@@ -256,29 +255,22 @@ class Engine:
                 if hooks.wants("on_epoch_begin"):
                     await hooks.fire("on_epoch_begin", epoch, None)
                 logs = None
-                batch_index = first
                 if chunked:
-                    logs, batch_index = await self._chunked_epoch(run, epoch, first)
+                    logs = await self._chunked_epoch(run, epoch, first)
                 batches = iter(()) if chunked else source.epoch(epoch, first)
                 while True:
                     batch = await _next(batches, source.is_async)
                     if batch is None:
                         break
                     if wants_batch_begin:
-                        await hooks.fire("on_train_batch_begin", batch_index, None)
+                        await hooks.fire("on_train_batch_begin", run.batch, None)
                     if split:
                         logs, run.batch_loss = await self._staged_step(batch, max_attempts)
                     else:
                         logs, run.batch_loss = await self.run("fused", batch, stepper.train_step, batch)
-                    counts["_step_count"] += 1  # program.step_count, without Keras' attribute tracking
-                    batch_index += 1
-                    run.batch = batch_index
-                    for watch in run.value_watchers:
-                        watch(counts["_step_count"], run.batch_loss, logs)
-                    if run.interrupted is not None:
-                        await self._interrupt(run)
+                    await self._steps_done(run, 1, logs)
                     if wants_batch_end:
-                        await hooks.fire("on_train_batch_end", batch_index - 1, logs)
+                        await hooks.fire("on_train_batch_end", run.batch - 1, logs)
                     if program.stop_training:
                         break
                     await self.pacer.tick(logs)
@@ -325,28 +317,32 @@ class Engine:
 
     async def _chunked_epoch(self, run: RunState, epoch: int, first: int):
         """One epoch in fused chunks of CHUNK_STEPS steps (plus single steps for the rest)."""
-        program, stepper, counts = self.program, self.stepper, self.program.__dict__
-        logs, batch_index = None, first
+        program, stepper = self.program, self.stepper
+        logs = None
         for kind, batch in run.source.epoch_chunks(epoch, first, CHUNK_STEPS):
             if kind == "chunk":
                 # The chunk's per-step losses, as they are: indexing one out here would compile a
                 # small op on the event loop's thread.
                 logs, run.batch_loss = await self.run("chunk", batch, stepper.train_chunk, batch)
-                steps = CHUNK_STEPS
+                await self._steps_done(run, CHUNK_STEPS, logs)
             else:
                 logs, run.batch_loss = await self.run("fused", batch, stepper.train_step, batch)
-                steps = 1
-            counts["_step_count"] += steps
-            batch_index += steps
-            run.batch = batch_index
-            for watch in run.value_watchers:
-                watch(counts["_step_count"] - steps + 1, run.batch_loss, logs)
-            if run.interrupted is not None:
-                await self._interrupt(run)
+                await self._steps_done(run, 1, logs)
             if program.stop_training:
                 break
             await self.pacer.tick(logs)
-        return logs, batch_index
+        return logs
+
+    async def _steps_done(self, run: RunState, steps: int, logs) -> None:
+        """After `steps` optimizer steps (one, or a fused chunk): count them, show them to
+        the value watchers, and end here if a signal came."""
+        counts = self.program.__dict__
+        counts["_step_count"] += steps  # program.step_count, without Keras' attribute tracking
+        run.batch += steps
+        for watch in run.value_watchers:
+            watch(counts["_step_count"] - steps + 1, run.batch_loss, logs)
+        if run.interrupted is not None:
+            await self._interrupt(run)
 
     async def _interrupt(self, run: RunState) -> None:
         """A signal came: the current step is done; let the handlers back up, then end fit."""
