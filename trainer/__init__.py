@@ -13,6 +13,9 @@ def load_program(path: str, custom_objects: dict | None = None, compile: bool = 
     """Load a program saved with `Program.save` (a `.keras` file)."""
     import keras
 
+    from trainer.keras_saving import cache_keras_skipsets
+
+    cache_keras_skipsets()
     return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile)
 
 

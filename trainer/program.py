@@ -14,6 +14,7 @@ from callbacks.callback_list import CallbackList
 from callbacks.progress_bar import ProgressBar, resolve_verbose
 from trainer.data import ArraySource, AsyncIterableSource, Source, make_source
 from trainer.history import History
+from trainer.keras_saving import cache_keras_skipsets
 from trainer.loop import Engine, RunState, in_worker_thread
 from trainer.observability import with_monitor
 from trainer.reward import RewardLoss, RewardMetric
@@ -137,16 +138,19 @@ class Program(keras.Model):
     def save_variables(self, path: str) -> None:
         """Save the variables to `path` (must end in `.weights.h5`)."""
         self.jax_state_sync()
+        cache_keras_skipsets()
         self.save_weights(path)
 
     def load_variables(self, path: str) -> None:
         """Load variables saved by `save_variables`."""
         self.jax_state_sync()
+        cache_keras_skipsets()
         self.load_weights(path)
 
     def save(self, filepath, overwrite: bool = True, **kwargs) -> None:
         """Save the whole program (architecture, variables, optimizer, compile config) as `.keras`."""
         self.jax_state_sync()
+        cache_keras_skipsets()
         super().save(filepath, overwrite=overwrite, **kwargs)
 
     def get_module(self, name: str):
