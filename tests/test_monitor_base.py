@@ -85,3 +85,16 @@ def test_min_delta_and_baseline():
     assert watch.is_better(0.5, 0.7) and not watch.is_better(0.65, 0.7)
     assert watch.beats_baseline(0.8) and not watch.beats_baseline(0.95)
     assert not watch.is_better(float("nan"), None)
+
+
+
+async def test_logged_keys_are_known_before_a_step_in_keras_order(toy):
+    """On JAX the keys come from the metrics' results traced abstractly (computing them
+    eagerly cost three compiles at a fit's start), in get_metrics_result's order."""
+    x, y = toy
+    program = make_program(metrics=["accuracy", keras.metrics.AUC(name="auc"), keras.metrics.Precision(name="p")])
+    await program.fit(x, y, epochs=1, verbose=0)
+    assert program.expected_log_keys(("val",)) == [
+        "loss", "accuracy", "auc", "p", "val_loss", "val_accuracy", "val_auc", "val_p"]
+    assert program.expected_log_keys() == list(program.get_metrics_result())
+

@@ -63,6 +63,46 @@ async def test_process_settings_are_held_while_any_fit_runs_and_then_restored(to
     assert sys.getswitchinterval() == interval
 
 
+async def test_the_loop_thread_has_a_short_scheduler_slice_while_any_fit_runs(toy):
+    """Linux 6.12+: the event loop's thread asks for a 0.1 ms slice so it preempts compile
+    threads when it wakes; threads it starts keep the normal slice; its own comes back."""
+    import platform
+    import re
+    import sys
+    import threading
+
+    import pytest
+
+    from callbacks import LambdaCallback
+    from trainer.prompt_wakeups import SHORT_SLICE, SHORT_SLICE_NS, thread_slice_ns
+
+    release = tuple(int(part) for part in re.findall(r"\d+", platform.release())[:2])
+    if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64") or release < (6, 12):
+        pytest.skip(f"custom scheduler slices need Linux 6.12+ on x86_64/aarch64 ({platform.release()})")
+    before = thread_slice_ns()
+    assert before is not None and before > SHORT_SLICE_NS
+    with SHORT_SLICE.held():
+        assert thread_slice_ns() == SHORT_SLICE_NS
+    assert thread_slice_ns() == before
+
+    x, y = toy
+    loop_slices, child_slices = [], []
+
+    def record(epoch, logs):
+        loop_slices.append(thread_slice_ns())
+        child = threading.Thread(target=lambda: child_slices.append(thread_slice_ns()))
+        child.start()
+        child.join()
+
+    await asyncio.gather(
+        make_program(seed=1).fit(x, y, epochs=3, verbose=0, callbacks=[LambdaCallback(on_epoch_end=record)]),
+        make_program(seed=2).fit(x, y, epochs=1, verbose=0),
+    )
+    assert loop_slices == [SHORT_SLICE_NS] * 3  # held by the longer fit after the shorter ended
+    assert child_slices == [before] * 3
+    assert thread_slice_ns() == before
+
+
 async def test_a_large_shuffle_does_not_block_the_event_loop():
     """Each epoch gathers the data in a new order; for large data that copy (here 64 MiB,
     tens of ms) runs in a worker thread."""

@@ -42,6 +42,7 @@ from callbacks.callback import StopTraining, TrainingInterrupted, Update
 from callbacks.callback_list import CallbackList
 from trainer.backends import make_stepper
 from trainer.data import ArraySource, Source
+from trainer.prompt_wakeups import SHORT_SLICE
 
 YIELD_EVERY_S = 0.002
 BOUNDARY_YIELD_S = 0.0005
@@ -123,12 +124,13 @@ async def in_worker_thread(fn: Callable, *args):
         return await asyncio.to_thread(fn, *args)
 
 
-def keeps_old_objects_out_of_gc(method):
-    """Decorator for the engine's entry points (see FROZEN_OLD_OBJECTS)."""
+def with_run_settings(method):
+    """Decorator for the engine's entry points: FROZEN_OLD_OBJECTS, and a short scheduler
+    slice for the event loop's thread (trainer/prompt_wakeups.py)."""
 
     @functools.wraps(method)
     async def wrapper(*args, **kwargs):
-        with FROZEN_OLD_OBJECTS.held():
+        with FROZEN_OLD_OBJECTS.held(), SHORT_SLICE.held():
             return await method(*args, **kwargs)
 
     return wrapper
@@ -230,7 +232,7 @@ class Engine:
         return result
 
     # -- training ------------------------------------------------------------------------
-    @keeps_old_objects_out_of_gc
+    @with_run_settings
     async def fit(self, run: RunState, *, initial_epoch: int, validation_freq: int, max_attempts: int) -> dict:
         program, hooks, stepper = self.program, self.callbacks, self.stepper
         source, validation, epochs = run.source, run.validation, run.epochs
@@ -409,7 +411,7 @@ class Engine:
         return val_logs
 
     # -- evaluation and prediction ------------------------------------------------------------
-    @keeps_old_objects_out_of_gc
+    @with_run_settings
     async def evaluate(self, source: Source) -> dict:
         hooks, stepper = self.callbacks, self.stepper
         stepper.begin_eval()
@@ -432,7 +434,7 @@ class Engine:
             await hooks.fire("on_test_end", logs)
         return logs
 
-    @keeps_old_objects_out_of_gc
+    @with_run_settings
     async def predict(self, source: Source):
         hooks, stepper = self.callbacks, self.stepper
         if hooks.wants("on_predict_begin"):
