@@ -20,7 +20,8 @@ copied to the host once per epoch.
 Responsiveness rules: the loop yields to the event loop every `YIELD_EVERY_S`; the
 first call of a step with a new batch signature (a compile) runs in a worker thread;
 at most `MAX_QUEUED_STEPS` steps are queued on the device before the loop waits for
-them, in a worker thread too.
+them, in a worker thread too; while it runs, the loop's thread has a short scheduler
+slice (trainer/prompt_wakeups.py), so it gets the CPU back at once when it wakes.
 """
 from __future__ import annotations
 
