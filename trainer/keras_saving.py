@@ -4,8 +4,8 @@ Keras' saving walks every saveable's attributes and skips those of a reference o
 the same kind (`saving_lib.get_attr_skipset`). It means to compute each set once: it
 stores the set under `saving_attr_skipset_<type>` but looks it up under
 `saving_attr_skiplist_<type>` (Keras 3.15), so every save builds fresh reference layers
-and optimizers. On a small program that is about a third of a `.keras` save (11.8 ->
-7.7 ms for the bench MLP), paid at every checkpoint.
+and optimizers. On a small program that is about a fifth of a `.keras` save (9.7 -> 7.7 ms
+median for the bench MLP, the two taking turns), paid at every checkpoint.
 
 `cache_keras_skipsets()` stores Keras' own sets under the key it reads. The sets are the
 ones Keras computes, so what is saved does not change; `keras.backend.clear_session()`

@@ -72,7 +72,7 @@ class _ShortSlice:
         # Only the normal policy (0) has slices; a shorter slice set by the user stays.
         if attr is None or attr[1] != 0 or attr[5] <= SHORT_SLICE_NS:
             return None
-        _, policy, flags, nice, _, runtime = attr[:6]
+        _, policy, flags, nice = attr[:4]
         if not _set(tid, policy, flags | _SCHED_FLAG_RESET_ON_FORK, nice, SHORT_SLICE_NS):
             return None
         return attr
