@@ -74,14 +74,15 @@ async def test_the_loop_thread_has_a_short_scheduler_slice_while_any_fit_runs(to
     import pytest
 
     from callbacks import LambdaCallback
-    from trainer.prompt_wakeups import SHORT_SLICE, SHORT_SLICE_NS, thread_slice_ns
+    from trainer.loop import short_slice_here
+    from trainer.prompt_wakeups import SHORT_SLICE_NS, thread_slice_ns
 
     release = tuple(int(part) for part in re.findall(r"\d+", platform.release())[:2])
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "aarch64") or release < (6, 12):
         pytest.skip(f"custom scheduler slices need Linux 6.12+ on x86_64/aarch64 ({platform.release()})")
     before = thread_slice_ns()
     assert before is not None and before > SHORT_SLICE_NS
-    with SHORT_SLICE.held():
+    with short_slice_here().held():
         assert thread_slice_ns() == SHORT_SLICE_NS
     assert thread_slice_ns() == before
 

@@ -43,7 +43,7 @@ from callbacks.callback import StopTraining, TrainingInterrupted, Update
 from callbacks.callback_list import CallbackList
 from trainer.backends import make_stepper
 from trainer.data import ArraySource, Source
-from trainer.prompt_wakeups import SHORT_SLICE
+from trainer.prompt_wakeups import restore_slice, shorten_slice
 
 YIELD_EVERY_S = 0.002
 BOUNDARY_YIELD_S = 0.0005
@@ -119,6 +119,20 @@ def _unfreeze(froze: bool) -> None:
 FROZEN_OLD_OBJECTS = SharedSetting(_freeze_old_objects, _unfreeze)
 
 
+# The event loop's thread gets a short scheduler slice while it trains (prompt_wakeups.py);
+# a per-thread setting, one SharedSetting per thread that ever ran a fit.
+_SHORT_SLICES: dict[int, SharedSetting] = {}
+
+
+def short_slice_here() -> SharedSetting:
+    """The short-slice setting of the calling thread."""
+    tid = threading.get_native_id()
+    if tid not in _SHORT_SLICES:
+        _SHORT_SLICES.setdefault(tid, SharedSetting(functools.partial(shorten_slice, tid),
+                                                    functools.partial(restore_slice, tid)))
+    return _SHORT_SLICES[tid]
+
+
 async def in_worker_thread(fn: Callable, *args):
     """Run `fn` in a worker thread, handing the GIL back to the event loop often."""
     with FAST_GIL_HANDOFF.held():
@@ -131,7 +145,7 @@ def with_run_settings(method):
 
     @functools.wraps(method)
     async def wrapper(*args, **kwargs):
-        with FROZEN_OLD_OBJECTS.held(), SHORT_SLICE.held():
+        with FROZEN_OLD_OBJECTS.held(), short_slice_here().held():
             return await method(*args, **kwargs)
 
     return wrapper

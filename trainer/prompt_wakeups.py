@@ -10,19 +10,17 @@ policy; no privilege needed). With 0.1 ms its deadline comes first and it preemp
 it wakes: in the event-loop bench the p99 gap fell from about 5.0 to 4.2 ms. The slice
 costs nothing when a core is free; it only decides who runs first when none is.
 
-The setting is per thread and held while any fit, evaluate or predict runs on it (they
-nest); the thread's own slice comes back after. It is set with "reset on fork", so the
+The setting is per thread; trainer/loop.py holds it while any fit, evaluate or predict
+runs on the thread (they nest); the thread's own slice comes back after. It is set with "reset on fork", so the
 threads it starts (executor workers) get the normal slice. Anywhere else (other kernels,
 other systems, a sandbox that refuses the call) it does nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import platform
 import struct
 import sys
-import threading
 
 SHORT_SLICE_NS = 100_000
 _SCHED_FLAG_RESET_ON_FORK = 0x01
@@ -60,43 +58,25 @@ def thread_slice_ns(tid: int = 0) -> int | None:
     return None if attr is None else attr[5]
 
 
-class _ShortSlice:
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.by_thread: dict[int, list] = {}  # native thread id -> [users, saved attr or None]
-
-    def _apply(self, tid: int):
-        if _LIBC is None:
-            return None
-        attr = _get(tid)
-        # Only the normal policy (0) has slices; a shorter slice set by the user stays.
-        if attr is None or attr[1] != 0 or attr[5] <= SHORT_SLICE_NS:
-            return None
-        _, policy, flags, nice = attr[:4]
-        if not _set(tid, policy, flags | _SCHED_FLAG_RESET_ON_FORK, nice, SHORT_SLICE_NS):
-            return None
-        return attr
-
-    @contextlib.contextmanager
-    def held(self):
-        tid = threading.get_native_id()
-        with self.lock:
-            entry = self.by_thread.setdefault(tid, [0, None])
-            if entry[0] == 0:
-                entry[1] = self._apply(tid)
-            entry[0] += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                entry[0] -= 1
-                if entry[0] == 0:
-                    saved = self.by_thread.pop(tid)[1]
-                    if saved is not None:
-                        _, policy, flags, nice, _, runtime = saved[:6]
-                        _set(tid, policy, flags, nice, runtime)
+def shorten_slice(tid: int):
+    """Give thread `tid` the short slice; returns what `restore_slice` needs (None: unchanged)."""
+    if _LIBC is None:
+        return None
+    attr = _get(tid)
+    # Only the normal policy (0) has slices; a shorter slice set by the user stays.
+    if attr is None or attr[1] != 0 or attr[5] <= SHORT_SLICE_NS:
+        return None
+    _, policy, flags, nice = attr[:4]
+    if not _set(tid, policy, flags | _SCHED_FLAG_RESET_ON_FORK, nice, SHORT_SLICE_NS):
+        return None
+    return attr
 
 
-SHORT_SLICE = _ShortSlice()
+def restore_slice(tid: int, saved) -> None:
+    """Undo `shorten_slice(tid)`, given what it returned."""
+    if saved is not None:
+        _, policy, flags, nice, _, runtime = saved[:6]
+        _set(tid, policy, flags, nice, runtime)
 
-__all__ = ["SHORT_SLICE", "SHORT_SLICE_NS", "thread_slice_ns"]
+
+__all__ = ["SHORT_SLICE_NS", "restore_slice", "shorten_slice", "thread_slice_ns"]
