@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 
 import keras
 import keras.src.backend
@@ -14,7 +15,7 @@ from callbacks.callback_list import CallbackList
 from callbacks.progress_bar import ProgressBar, resolve_verbose
 from trainer.data import ArraySource, AsyncIterableSource, Source, make_source
 from trainer.history import History
-from trainer.keras_saving import cache_keras_skipsets
+from trainer.keras_saving import cache_keras_skipsets, save_keras_file, save_weights_file
 from trainer.loop import Engine, RunState, in_worker_thread
 from trainer.observability import with_monitor
 from trainer.reward import RewardLoss, RewardMetric
@@ -136,10 +137,12 @@ class Program(keras.Model):
         self.set_weights(values)
 
     def save_variables(self, path: str) -> None:
-        """Save the variables to `path` (must end in `.weights.h5`)."""
+        """Save the variables to `path` (must end in `.weights.h5`): the file `save_weights` writes."""
         self.jax_state_sync()
         cache_keras_skipsets()
-        self.save_weights(path)
+        path = os.fspath(path)
+        if not (self.built and path.endswith(".weights.h5") and "://" not in path and save_weights_file(self, path)):
+            self.save_weights(path)
 
     def load_variables(self, path: str) -> None:
         """Load variables saved by `save_variables`."""
@@ -148,9 +151,16 @@ class Program(keras.Model):
         self.load_weights(path)
 
     def save(self, filepath, overwrite: bool = True, **kwargs) -> None:
-        """Save the whole program (architecture, variables, optimizer, compile config) as `.keras`."""
+        """Save the whole program (architecture, variables, optimizer, compile config) as `.keras`.
+
+        The file is the one `keras.Model.save` writes; after the first save of a program, it is
+        written without Keras' walk of the program (see `trainer.keras_saving`)."""
         self.jax_state_sync()
         cache_keras_skipsets()
+        path = os.fspath(filepath) if isinstance(filepath, (str, os.PathLike)) else None
+        if (path is not None and not kwargs and self.built and path.endswith(".keras") and "://" not in path
+                and (overwrite or not os.path.exists(path)) and save_keras_file(self, path)):
+            return
         super().save(filepath, overwrite=overwrite, **kwargs)
 
     def get_module(self, name: str):
