@@ -1,10 +1,13 @@
-"""The training stall of a per-epoch BackupAndRestore on a ~10M-parameter program.
+"""The training stall of a per-epoch BackupAndRestore on a ~10M-parameter program,
+and the time of a `.keras` save (what ProgramCheckpoint pauses the loop for).
 
     python bench/checkpoint.py
 
 The stall is the time the loop is paused for a backup (the state is copied to host
 memory; the file is written in a worker thread while training goes on). It is compared
 with the bare time to copy the same state to host memory (the target: <= 1.5x).
+The saves: `Program.save` against `keras.Model.save` of the same program, as Keras 3.15
+ships (its skip sets not cached, see trainer/keras_saving.py), taking turns, median.
 """
 import asyncio
 import shutil
@@ -15,8 +18,34 @@ import common
 import keras
 import numpy as np
 
+from keras.src.backend.common import global_state
+
 from callbacks import BackupAndRestore
+from step_overhead import mlp
 from trainer import Program
+
+
+def save_times(program, repeats: int) -> tuple[float, float]:
+    """Median seconds of a `.keras` save by Program.save and by keras.Model.save, taking turns."""
+    folder = tempfile.mkdtemp()
+    ours, theirs = [], []
+    program.save(f"{folder}/warm.keras")  # the first save records the program's file layout
+    keys = [f"saving_attr_skiplist_{kind}" for kind in
+            ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer", "Loss")]
+    cached = {key: global_state.get_global_attribute(key) for key in keys}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        program.save(f"{folder}/program.keras")
+        ours.append(time.perf_counter() - start)
+        for key in keys:
+            global_state.set_global_attribute(key, None)  # as Keras leaves them
+        start = time.perf_counter()
+        keras.Model.save(program, f"{folder}/keras.keras")
+        theirs.append(time.perf_counter() - start)
+        for key, value in cached.items():
+            global_state.set_global_attribute(key, value)  # as Program.save keeps them
+    shutil.rmtree(folder, ignore_errors=True)
+    return float(np.median(ours)), float(np.median(theirs))
 
 
 def main() -> None:
@@ -60,6 +89,10 @@ def main() -> None:
 
     copy_to_host()
     copy = common.best_of(copy_to_host, repeats=5)
+    big_ours, big_keras = save_times(program, repeats=5)
+    small = mlp(Program)
+    asyncio.run(small.fit(x[:, :32], y.astype("float32"), epochs=1, verbose=0))
+    small_ours, small_keras = save_times(small, repeats=40)
     stall = float(np.median(stalls))
     waited = float(np.median(waits))
     rows = [
@@ -69,13 +102,21 @@ def main() -> None:
         ("training stall per backup (median)", f"{stall * 1000:.1f} ms", ""),
         ("stall / copy", f"{stall / copy:.2f}", "<= 1.5"),
         ("time in the backup hook (median; includes waiting for the previous file)", f"{waited * 1000:.1f} ms", ""),
+        (".keras save of this program: keras.Model.save", f"{big_keras * 1000:.0f} ms", ""),
+        (".keras save of this program: Program.save", f"{big_ours * 1000:.0f} ms", ""),
+        (".keras save of the step_overhead MLP (2.2k parameters + Adam): keras.Model.save",
+         f"{small_keras * 1000:.1f} ms", ""),
+        (".keras save of the step_overhead MLP: Program.save", f"{small_ours * 1000:.1f} ms", ""),
     ]
     common.report("checkpoint", rows, notes="6 epochs of 16 steps (batch 16), a backup at each epoch end. The stall "
                   "is the snapshot (each value copied once into a host buffer kept between backups, callback "
                   "state pickled); the bare copy is `np.array(variable, copy=True)` for every variable, best "
                   "of 5; the .npz is written "
                   "by a worker thread while training goes on. A backup first waits for the previous file to be "
-                  "written; the last row includes that wait.")
+                  "written; the hook row includes that wait. Saves: median of 5 (this program) and 40 (the MLP), "
+                  "the two taking turns, no fsync; keras.Model.save runs with Keras' skip sets uncached, as "
+                  "Keras 3.15 leaves them; Program.save writes the same bytes from the layout its first save "
+                  "recorded (trainer/keras_saving.py).")
 
 
 if __name__ == "__main__":
