@@ -119,6 +119,7 @@ class ArraySource(Source):
                 f"{batch_size} that {self.num_samples} samples give; pass steps_per_epoch<={full} or None."
             )
         self._steps = steps_per_epoch or full
+        self._prepared: tuple[int, Batch] | None = None  # (epoch, its gathered arrays), see prepare_epoch
 
     def _check_lengths(self) -> None:
         lengths = {}
@@ -172,7 +173,7 @@ class ArraySource(Source):
 
     def _epoch_arrays(self, epoch: int) -> Batch:
         """The data in this epoch's order, gathered once: each batch is then a cheap view."""
-        prepared, self._prepared = getattr(self, "_prepared", None), None  # taken once: no second copy kept
+        prepared, self._prepared = self._prepared, None  # taken once: no second copy kept
         if prepared is not None and prepared[0] == epoch:
             return prepared[1]
         return self._gather(epoch)
