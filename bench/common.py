@@ -23,17 +23,29 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-def best_of_each(fns: dict, repeats: int = 5) -> dict:
-    """name -> the fastest of `repeats` wall times of `fns[name]()`, the functions taking
-    turns, so a slow spell of this shared machine hits all of them alike."""
-    best: dict = {}
+def times_of_each(fns: dict, repeats: int = 5) -> dict[str, list[float]]:
+    """name -> the `repeats` wall times of `fns[name]()`, round by round, the functions
+    taking turns, so a slow spell of this shared machine hits all of them alike."""
+    times: dict = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
-            elapsed = time.perf_counter() - start
-            best[name] = min(best.get(name, elapsed), elapsed)
-    return best
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def best_of_each(fns: dict, repeats: int = 5) -> dict:
+    """name -> the fastest of `repeats` wall times of `fns[name]()`, taking turns."""
+    return {name: min(times) for name, times in times_of_each(fns, repeats).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    """The median over rounds of one round's time ratio: two contenders timed back to back
+    share the machine's state of that moment, which the best of each does not pair."""
+    import statistics
+
+    return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
 
 
 def machine() -> str:

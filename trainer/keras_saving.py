@@ -75,7 +75,7 @@ class _Slot:
 class H5Layout:
     """Keras' weights file for one program: the bytes between the variables' data.
 
-    `pieces()` alternate: `gaps[0]`, slot 0's data, `gaps[1]`, ..., `gaps[-1]`.
+    `write()` alternates them: `gaps[0]`, slot 0's data, `gaps[1]`, ..., `gaps[-1]`.
     """
 
     def __init__(self, owned: frozenset[int], gaps: list[bytes], slots: list[_Slot]):
@@ -161,15 +161,20 @@ def _saved_variables(program, written: list[tuple[str, object]]) -> list[tuple[s
         for optimizer in _optimizers(program):
             variables = list(optimizer.variables)
             if keys == [str(i) for i in range(len(variables))] and all(
-                isinstance(value, (np.ndarray, np.generic)) and np.shape(value) == tuple(variable.shape)
-                and np.array_equal(value, backend.convert_to_numpy(variable), equal_nan=np.asarray(value).dtype.kind in "fc")
-                for (_, value), variable in zip(entries, variables)
+                _holds(value, variable) for (_, value), variable in zip(entries, variables)
             ):
                 saved.extend((name, variable) for (name, _), variable in zip(entries, variables))
                 break
         else:
             return None
     return saved if all(id(variable) in owned for _, variable in saved) else None
+
+
+def _holds(value, variable) -> bool:
+    """Whether `value` (what a save_own_variables stored) is `variable`'s value now."""
+    if not isinstance(value, (np.ndarray, np.generic)) or np.shape(value) != tuple(variable.shape):
+        return False
+    return np.array_equal(value, backend.convert_to_numpy(variable), equal_nan=np.asarray(value).dtype.kind in "fc")
 
 
 def record_layout(program, in_memory: bool) -> H5Layout | None:
