@@ -145,6 +145,11 @@ def measure(build, x, y, batch_size: int, epochs: int, with_callbacks: bool = Tr
     return times
 
 
+def target(text: str) -> str:
+    """The targets are set for JAX (issue 7); other backends are reported against them."""
+    return text if keras.backend.backend() == "jax" else f"(JAX: {text})"
+
+
 def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20_000, 32)).astype("float32")
@@ -167,12 +172,12 @@ def main() -> None:
         ("MLP (b) keras.Model.fit", us(t["b"], steps), ""),
         ("MLP (c) Program.fit, no callbacks", us(t["c"], steps), ""),
         ("MLP (d) Program.fit, 5 built-ins + validation", us(t["d"], steps), ""),
-        ("MLP c / a", f"{t['c'] / t['a']:.2f}", "<= 1.10"),
+        ("MLP c / a", f"{t['c'] / t['a']:.2f}", target("<= 1.10")),
         ("MLP d / a (validation time removed: d - (c_val - c))", f"{(t['d'] - (t['c_val'] - t['c'])) / t['a']:.2f}",
-         "<= 1.20"),
+         target("<= 1.20")),
         ("MLP d / c_val (same validation)", f"{t['d'] / t['c_val']:.2f}", ""),
-        ("MLP b / c (how much faster than Keras)", f"{t['b'] / t['c']:.2f}x", ">= 3x"),
-        ("CNN c / a (compute-bound, batch 128)", f"{cnn_times['c'] / cnn_times['a']:.3f}", "<= 1.03"),
+        ("MLP b / c (how much faster than Keras)", f"{t['b'] / t['c']:.2f}x", target(">= 3x")),
+        ("CNN c / a (compute-bound, batch 128)", f"{cnn_times['c'] / cnn_times['a']:.3f}", target("<= 1.03")),
         ("CNN c / a, median of the rounds' own ratios", f"{common.paired_ratio(cnn_rounds, 'c', 'a'):.3f}",
          "(the same rounds, paired)"),
         ("CNN b / c", f"{cnn_times['b'] / cnn_times['c']:.2f}x", ""),
