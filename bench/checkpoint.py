@@ -23,6 +23,7 @@ from keras.src.backend.common import global_state
 from callbacks import BackupAndRestore
 from step_overhead import mlp
 from trainer import Program
+from trainer.keras_saving import SKIPSET_KEYS
 
 
 def save_times(program, repeats: int) -> tuple[float, float]:
@@ -30,8 +31,7 @@ def save_times(program, repeats: int) -> tuple[float, float]:
     folder = tempfile.mkdtemp()
     ours, theirs = [], []
     program.save(f"{folder}/warm.keras")  # the first save records the program's file layout
-    keys = [f"saving_attr_skiplist_{kind}" for kind in
-            ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer", "Loss")]
+    keys = SKIPSET_KEYS.values()
     cached = {key: global_state.get_global_attribute(key) for key in keys}
     for _ in range(repeats):
         start = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -43,8 +44,6 @@ def best_of_each(fns: dict, repeats: int = 5) -> dict:
 def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
     """The median over rounds of one round's time ratio: two contenders timed back to back
     share the machine's state of that moment, which the best of each does not pair."""
-    import statistics
-
     return statistics.median(a / b for a, b in zip(times[numerator], times[denominator]))
 
 

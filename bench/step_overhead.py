@@ -185,10 +185,10 @@ def main() -> None:
     common.report("step_overhead", rows, notes=(
         f"MLP 32-64-1, batch 32, 20k samples, {epochs} epochs ({steps} steps), Adam, best of {MLP_REPEATS}, the "
         "contenders taking turns. "
-        f"CNN: 2 conv + 2 dense on load_digits x4, batch 128, 3 epochs, best of {CNN_REPEATS}; its steps do the same work "
-        "in (a) and (c), so its ratio is 1.0 give or take the machine's noise (single rounds move by 5-15%), which "
-        "the paired median shows beside the best of each. (d) validates on 2k samples "
-        "each epoch, which (a) does not: the d/a row subtracts that validation time as measured by c_val."))
+        f"CNN: 2 conv + 2 dense on load_digits x4, batch 128, 3 epochs, best of {CNN_REPEATS}; its steps do the "
+        "same work in (a) and (c), so its ratio is 1.0 give or take the machine's noise (single rounds move by "
+        "5-15%), which the paired median shows beside the best of each. (d) validates on 2k samples each epoch, "
+        "which (a) does not: the d/a row subtracts that validation time as measured by c_val."))
 
 
 if __name__ == "__main__":

@@ -174,3 +174,36 @@ async def test_unbuilt_optimizer_then_built(tmp_path, toy):
     program.save(str(tmp_path / "trained.keras"))
     keras.Model.save(program, str(tmp_path / "trained_by_keras.keras"))
     _assert_same_archive(tmp_path / "trained.keras", tmp_path / "trained_by_keras.keras")
+
+
+async def test_cached_skip_sets_spare_keras_save_its_reference_objects_and_change_nothing(tmp_path, toy, monkeypatch):
+    """Keras 3.15 caches its attribute skip sets under a key it never reads; the cache stores
+    them where Keras looks, so Keras' own saving walk stops building reference layers."""
+    from keras.src.backend.common import global_state
+    from keras.src.layers.layer import Layer
+
+    x, y = toy
+    program = make_program(optimizer="adam")
+    await program.fit(x, y, epochs=1, verbose=0)
+    for key in keras_saving.SKIPSET_KEYS.values():
+        global_state.set_global_attribute(key, None)  # as after clear_session
+    keras.Model.save(program, str(tmp_path / "by_keras.keras"))  # Keras alone: fresh skip sets
+    keras_saving.cache_keras_skipsets()
+
+    built = []
+    original_init = Layer.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(type(self).__name__)
+        original_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Layer, "__init__", counting_init)
+    keras.Model.save(program, str(tmp_path / "cached.keras"))
+    monkeypatch.undo()
+    assert built == []  # Keras alone builds a reference Layer per walked layer kind, every save
+
+    by_keras = _entries(tmp_path / "by_keras.keras")["model.weights.h5"][0]
+    cached = _entries(tmp_path / "cached.keras")["model.weights.h5"][0]
+    assert by_keras == cached and len(cached) > 10_000
+    np.testing.assert_allclose(await load_program(str(tmp_path / "cached.keras")).predict(x, verbose=0),
+                               await program.predict(x, verbose=0), atol=1e-6)

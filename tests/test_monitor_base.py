@@ -87,7 +87,6 @@ def test_min_delta_and_baseline():
     assert not watch.is_better(float("nan"), None)
 
 
-
 async def test_logged_keys_are_known_before_a_step_in_keras_order(toy):
     """On JAX the keys come from the metrics' results traced abstractly (computing them
     eagerly cost three compiles at a fit's start), in get_metrics_result's order."""
@@ -97,4 +96,3 @@ async def test_logged_keys_are_known_before_a_step_in_keras_order(toy):
     assert program.expected_log_keys(("val",)) == [
         "loss", "accuracy", "auc", "p", "val_loss", "val_accuracy", "val_auc", "val_p"]
     assert program.expected_log_keys() == list(program.get_metrics_result())
-

@@ -127,47 +127,6 @@ def _saved_reward(y_true, y_pred):
     return -keras.ops.mean(keras.ops.abs(y_true - y_pred), axis=-1)
 
 
-async def test_cached_skip_sets_spare_keras_save_its_reference_objects_and_change_nothing(tmp_path, toy, monkeypatch):
-    """Keras 3.15 caches its attribute skip sets under a key it never reads; the cache stores
-    them where Keras looks, so Keras' own saving walk stops building reference layers."""
-    from keras.src.backend.common import global_state
-    from keras.src.layers.layer import Layer
-
-    from trainer.keras_saving import cache_keras_skipsets
-
-    x, y = toy
-    program = make_program(optimizer="adam")
-    await program.fit(x, y, epochs=1, verbose=0)
-    for kind in ("Layer", "Functional", "Optimizer", "Metric", "Loss", "Operation", "Sequential"):
-        global_state.set_global_attribute(f"saving_attr_skiplist_{kind}", None)  # as after clear_session
-    keras.Model.save(program, str(tmp_path / "by_keras.keras"))  # Keras alone: fresh skip sets
-    cache_keras_skipsets()
-
-    built = []
-    original_init = Layer.__init__
-
-    def counting_init(self, *args, **kwargs):
-        built.append(type(self).__name__)
-        original_init(self, *args, **kwargs)
-
-    monkeypatch.setattr(Layer, "__init__", counting_init)
-    keras.Model.save(program, str(tmp_path / "cached.keras"))
-    monkeypatch.undo()
-    assert built == []  # Keras alone builds a reference Layer per walked layer kind, every save
-
-    by_keras, cached = _h5_bytes(tmp_path / "by_keras.keras"), _h5_bytes(tmp_path / "cached.keras")
-    assert by_keras == cached and len(cached) > 10_000
-    np.testing.assert_allclose(await load_program(str(tmp_path / "cached.keras")).predict(x, verbose=0),
-                               await program.predict(x, verbose=0), atol=1e-6)
-
-
-def _h5_bytes(path) -> bytes:
-    import zipfile
-
-    with zipfile.ZipFile(path) as archive:
-        return archive.read("model.weights.h5")
-
-
 async def test_variables_roundtrip(tmp_path, toy):
     x, y = toy
     program = make_program()

@@ -48,20 +48,21 @@ from keras.src.backend.common import global_state
 from keras.src.backend.common.variables import Variable
 from keras.src.saving import saving_lib
 
-# The kinds a Program's walk meets (feature-space types build on demand, as in Keras).
+# The kinds a Program's walk meets (feature-space types build on demand, as in Keras), and
+# the global keys Keras reads their skip sets from.
 _KINDS = ("Operation", "Layer", "Functional", "Sequential", "Metric", "Optimizer", "Loss")
-_READ_KEY = "saving_attr_skiplist_{}"
+SKIPSET_KEYS = {kind: f"saving_attr_skiplist_{kind}" for kind in _KINDS}
 _LAYOUT_KEY = "_asyncfit_h5_layout"
 _NOT_REPLAYABLE = "not replayable"  # stored in place of a layout: Keras saves this program
 
 
 def cache_keras_skipsets() -> None:
     """Store each kind's skip set where `get_attr_skipset` looks for it (cheap when present)."""
-    if global_state.get_global_attribute(_READ_KEY.format(_KINDS[-1])) is not None:
+    if global_state.get_global_attribute(SKIPSET_KEYS[_KINDS[-1]]) is not None:
         return
-    for kind in _KINDS:
-        if global_state.get_global_attribute(_READ_KEY.format(kind)) is None:
-            global_state.set_global_attribute(_READ_KEY.format(kind), saving_lib.get_attr_skipset(kind))
+    for kind, key in SKIPSET_KEYS.items():
+        if global_state.get_global_attribute(key) is None:
+            global_state.set_global_attribute(key, saving_lib.get_attr_skipset(kind))
 
 
 @dataclass(frozen=True)
@@ -141,14 +142,14 @@ def _optimizers(program) -> list:
     return [o for o in (optimizer, inner) if o is not None]
 
 
-def _saved_variables(program, written: list[tuple[str, object]]) -> list[tuple[str, Variable]] | None:
+def _saved_variables(program, owned: frozenset[int],
+                     written: list[tuple[str, object]]) -> list[tuple[str, Variable]] | None:
     """Each dataset the walk wrote, with the variable it holds; None if one is not a variable's value.
 
     Layers save their variables themselves; an optimizer saves `variables[i].numpy()` under
     `str(i)` (Keras' `BaseOptimizer.save_own_variables`): its group is bound to its
     variables by that rule, and each value is checked against the variable it names.
     """
-    owned = _owned_variable_ids(program)
     groups: dict[str, list[tuple[str, object]]] = {}
     for name, value in written:
         groups.setdefault(name.rsplit("/", 1)[0], []).append((name, value))
@@ -195,7 +196,7 @@ def record_layout(program, in_memory: bool) -> H5Layout | None:
                                    visited_saveables=set())
         finally:
             store.close()
-        saved = None if assets.used else _saved_variables(program, store.written)
+        saved = None if assets.used else _saved_variables(program, owned, store.written)
         if saved is None:
             return None
         if memory is not None:

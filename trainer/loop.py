@@ -128,8 +128,7 @@ def short_slice_here() -> SharedSetting:
     """The short-slice setting of the calling thread."""
     tid = threading.get_native_id()
     if tid not in _SHORT_SLICES:
-        _SHORT_SLICES.setdefault(tid, SharedSetting(functools.partial(shorten_slice, tid),
-                                                    functools.partial(restore_slice, tid)))
+        _SHORT_SLICES[tid] = SharedSetting(functools.partial(shorten_slice, tid), functools.partial(restore_slice, tid))
     return _SHORT_SLICES[tid]
 
 
