@@ -36,11 +36,6 @@ def times_of_each(fns: dict, repeats: int = 5) -> dict[str, list[float]]:
     return times
 
 
-def best_of_each(fns: dict, repeats: int = 5) -> dict:
-    """name -> the fastest of `repeats` wall times of `fns[name]()`, taking turns."""
-    return {name: min(times) for name, times in times_of_each(fns, repeats).items()}
-
-
 def paired_ratio(times: dict[str, list[float]], numerator: str, denominator: str) -> float:
     """The median over rounds of one round's time ratio: two contenders timed back to back
     share the machine's state of that moment, which the best of each does not pair."""
