@@ -19,7 +19,7 @@ from callbacks.monitor import Monitor  # noqa: E402
 from callbacks.monitor_base import MonitorCallback  # noqa: E402
 from callbacks.program_checkpoint import ProgramCheckpoint  # noqa: E402
 from callbacks.terminate_on_nan import TerminateOnNaN  # noqa: E402
-from trainer.history import History  # noqa: E402  (it lives with the loop that returns it)
+from callbacks.history import History  # noqa: E402
 from callbacks.progress_bar import ProgressBar  # noqa: E402
 
 __all__ = [

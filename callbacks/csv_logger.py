@@ -7,6 +7,7 @@ import os
 
 from callbacks.atomic import atomic_write_bytes
 from callbacks.callback import Callback
+from callbacks.threads import in_worker_thread
 
 
 class CSVLogger(Callback):
@@ -64,8 +65,6 @@ class CSVLogger(Callback):
             if key not in self.columns:
                 self.columns.append(key)
         self.rows.append(row)
-        from trainer.loop import in_worker_thread
-
         await in_worker_thread(self._write)
 
     def _write(self) -> None:

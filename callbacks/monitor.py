@@ -112,7 +112,7 @@ class Monitor(Callback):
     @property
     def worker(self):
         if self._worker is None:
-            from trainer.observability import worker_for
+            from callbacks.mlflow_worker import worker_for
 
             self._worker = worker_for(self.tracking_uri, self.max_buffer)
         return self._worker

@@ -8,7 +8,7 @@ import time
 from callbacks.atomic import atomic_write
 from callbacks.callback import ManifestRow
 from callbacks.monitor_base import MonitorCallback
-from trainer.loop import in_worker_thread, to_host
+from callbacks.threads import in_worker_thread, to_host
 
 
 class ProgramCheckpoint(MonitorCallback):

@@ -74,7 +74,7 @@ async def test_the_loop_thread_has_a_short_scheduler_slice_while_any_fit_runs(to
     import pytest
 
     from callbacks import LambdaCallback
-    from trainer.loop import short_slice_here
+    from trainer.run_settings import short_slice_here
     from trainer.prompt_wakeups import SHORT_SLICE_NS, thread_slice_ns
 
     release = tuple(int(part) for part in re.findall(r"\d+", platform.release())[:2])

@@ -17,7 +17,9 @@ callback sits between computing and applying an update, one fused step does both
 batch logs stay on the device (a hook that reads them pays the copy); epoch logs are
 copied to the host once per epoch.
 
-Responsiveness rules: the loop yields to the event loop every `YIELD_EVERY_S`; the
+Responsiveness rules: torch and TensorFlow steps run on one backend thread that the
+loop awaits (several steps per hand-off when no hook needs each one). JAX: the loop
+yields to the event loop every `YIELD_EVERY_S`; the
 first call of a step with a new batch signature (a compile) runs in a worker thread;
 at most `MAX_QUEUED_STEPS` steps are queued on the device before the loop waits for
 them, in a worker thread too; while it runs, the loop's thread has a short scheduler
@@ -26,12 +28,8 @@ slice (trainer/prompt_wakeups.py), so it gets the CPU back at once when it wakes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
-import gc
-import sys
-import threading
 import time
 import warnings
 from typing import Any, Callable
@@ -41,9 +39,10 @@ from keras import tree
 
 from callbacks.callback import StopTraining, TrainingInterrupted, Update
 from callbacks.callback_list import CallbackList
+from callbacks.threads import FAST_GIL_HANDOFF, in_worker_thread, to_host
 from trainer.backends import make_stepper
 from trainer.data import ArraySource, Source
-from trainer.prompt_wakeups import restore_slice, shorten_slice
+from trainer.run_settings import with_run_settings
 
 YIELD_EVERY_S = 0.002
 BOUNDARY_YIELD_S = 0.0005
@@ -55,97 +54,17 @@ STEP_STAGE_HOOKS = ("on_compute_update_begin", "on_compute_update_end", "before_
 PER_BATCH_HOOKS = STEP_STAGE_HOOKS + ("on_train_batch_begin", "on_train_batch_end")
 
 
-def to_host(logs: dict | None) -> dict:
-    """Device scalars -> Python floats (one copy per value; used once per epoch)."""
-    if not logs:
-        return {}
-    host = {}
-    for key, value in logs.items():
-        array = np.asarray(value)
-        host[key] = float(array) if array.ndim == 0 else array.tolist()
-    return host
-
-
-class SharedSetting:
-    """A process-wide setting held while any user needs it: concurrent fits nest, and
-    the last one out restores the original."""
-
-    def __init__(self, apply: Callable[[], Any], restore: Callable[[Any], None]):
-        self.apply, self.restore = apply, restore
-        self.users = 0
-        self.saved = None
-        self.lock = threading.Lock()
-
-    @contextlib.contextmanager
-    def held(self):
-        with self.lock:
-            if self.users == 0:
-                self.saved = self.apply()
-            self.users += 1
-        try:
-            yield
-        finally:
-            with self.lock:
-                self.users -= 1
-                if self.users == 0:
-                    self.restore(self.saved)
-
-
-def _fast_handoff():
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(min(previous, 0.0005))
-    return previous
-
-
-# Tracing and compiling in a worker thread hold the GIL in long runs, so meanwhile the
-# interpreter hands it over every 0.5 ms instead of 5 ms.
-FAST_GIL_HANDOFF = SharedSetting(_fast_handoff, sys.setswitchinterval)
-# A full collection of a large heap (Keras, JAX and MLflow loaded) holds the GIL for
-# 100-400 ms. While training, objects that existed before it began are left out of
-# collections (gc.freeze); young generations are still collected as usual. A process
-# that froze objects itself (before a fork, say) is left as it is.
-def _freeze_old_objects() -> bool:
-    if gc.get_freeze_count():
-        return False
-    gc.freeze()
-    return True
-
-
-def _unfreeze(froze: bool) -> None:
-    if froze:
-        gc.unfreeze()
-
-
-FROZEN_OLD_OBJECTS = SharedSetting(_freeze_old_objects, _unfreeze)
-
-
-# The event loop's thread gets a short scheduler slice while it trains (prompt_wakeups.py);
-# a per-thread setting, one SharedSetting per thread that ever ran a fit.
-_SHORT_SLICES: dict[int, SharedSetting] = {}
-
-
-def short_slice_here() -> SharedSetting:
-    """The short-slice setting of the calling thread."""
-    tid = threading.get_native_id()
-    if tid not in _SHORT_SLICES:
-        _SHORT_SLICES[tid] = SharedSetting(functools.partial(shorten_slice, tid), functools.partial(restore_slice, tid))
-    return _SHORT_SLICES[tid]
-
-
-async def in_worker_thread(fn: Callable, *args):
-    """Run `fn` in a worker thread, handing the GIL back to the event loop often."""
-    with FAST_GIL_HANDOFF.held():
-        return await asyncio.to_thread(fn, *args)
-
-
-def with_run_settings(method):
-    """Decorator for the engine's entry points: FROZEN_OLD_OBJECTS, and a short scheduler
-    slice for the event loop's thread (trainer/prompt_wakeups.py)."""
+def engine_entry(method):
+    """Decorator for the engine's entry points: the process-wide run settings
+    (trainer/run_settings.py), plus the fast GIL hand-off where steps run in a thread."""
+    method = with_run_settings(method)
 
     @functools.wraps(method)
-    async def wrapper(*args, **kwargs):
-        with FROZEN_OLD_OBJECTS.held(), short_slice_here().held():
-            return await method(*args, **kwargs)
+    async def wrapper(self, *args, **kwargs):
+        if not self.stepper.off_loop:
+            return await method(self, *args, **kwargs)
+        with FAST_GIL_HANDOFF.held():
+            return await method(self, *args, **kwargs)
 
     return wrapper
 
@@ -236,24 +155,38 @@ class Engine:
         self.pacer = Pacer(self.stepper)
 
     async def run(self, kind: str, batch, fn: Callable, *args):
-        """Call `fn(*args)`, a step on `batch`; its first call per batch signature
-        compiles, so it goes to a worker thread and the event loop keeps running."""
-        signature = self.stepper.signature(kind, batch)
-        if signature in self.stepper.seen:
+        """Call `fn(*args)`, a step on `batch`. Torch and TensorFlow: on the backend thread,
+        always. JAX: dispatched from here, except the first call per batch signature,
+        which compiles, so it goes to a worker thread and the event loop keeps running."""
+        stepper = self.stepper
+        if stepper.off_loop:
+            return await stepper.call(fn, *args)
+        signature = stepper.signature(kind, batch)
+        if signature in stepper.seen:
             return fn(*args)
         result = await in_worker_thread(fn, *args)
-        self.stepper.seen.add(signature)
+        stepper.seen.add(signature)
         return result
 
+    async def backend(self, fn: Callable, *args):
+        """Backend work other than steps (metrics, snapshots): where the steps run."""
+        if self.stepper.off_loop:
+            return await self.stepper.call(fn, *args)
+        return fn(*args)
+
     # -- training ------------------------------------------------------------------------
-    @with_run_settings
+    @engine_entry
     async def fit(self, run: RunState, *, initial_epoch: int, validation_freq: int, max_attempts: int) -> dict:
         program, hooks, stepper = self.program, self.callbacks, self.stepper
         source, validation, epochs = run.source, run.validation, run.epochs
         split = any(hooks.wants(h) for h in STEP_STAGE_HOOKS)
         # Fused chunks: several steps per dispatch, only when nobody needs per-batch control.
-        chunked = (getattr(stepper, "supports_chunks", False) and not any(hooks.wants(h) for h in PER_BATCH_HOOKS)
-                   and isinstance(source, ArraySource) and source.can_chunk())
+        per_batch = any(hooks.wants(h) for h in PER_BATCH_HOOKS)
+        chunked = (stepper.supports_chunks and not per_batch and isinstance(source, ArraySource)
+                   and source.can_chunk())
+        # Torch and TensorFlow: with nobody to call between steps, the backend thread runs
+        # several steps per hand-off, reading the batches itself.
+        eager_runs = stepper.off_loop and not per_batch and not source.is_async
         wants_batch_begin = hooks.wants("on_train_batch_begin")
         wants_batch_end = hooks.wants("on_train_batch_end")
         epoch_logs: dict = {}
@@ -271,7 +204,7 @@ class Engine:
                 first = start_batch if epoch == start_epoch else 0
                 run.epoch, run.batch = epoch, first
                 if first == 0:
-                    stepper.reset_metrics()  # resumed mid-epoch: keep the restored running means
+                    await self.backend(stepper.reset_metrics)  # resumed mid-epoch: keep the restored running means
                     await self.pacer.breathe()
                 if isinstance(source, ArraySource) and source.epoch_gather_bytes() > OFF_LOOP_SHUFFLE_BYTES:
                     await in_worker_thread(source.prepare_epoch, epoch)
@@ -281,6 +214,9 @@ class Engine:
                 if chunked:
                     logs = await self._chunked_epoch(run, epoch, first)
                 batches = iter(()) if chunked else source.epoch(epoch, first)
+                if eager_runs:
+                    logs = await self._eager_runs(run, batches)
+                    batches = iter(())
                 while True:
                     batch = await _next(batches, source.is_async)
                     if batch is None:
@@ -300,7 +236,7 @@ class Engine:
                 if run.interrupted is not None:
                     await self._interrupt(run)
                 if logs is None and first > 0:
-                    logs = stepper.metrics_result()  # resumed right at the end of an epoch
+                    logs = await self.backend(stepper.metrics_result)  # resumed right at the end of an epoch
                 if logs is None:
                     warnings.warn(
                         f"the training data ran out before epoch {epoch + 1} of {epochs}: "
@@ -308,7 +244,7 @@ class Engine:
                     )
                     break
                 await self.pacer.settle(logs)
-                epoch_logs = to_host(logs)
+                epoch_logs = await self.backend(to_host, logs)
                 if validation and (epoch + 1) % validation_freq == 0:
                     epoch_logs.update(await self._validate(epoch, validation))
                 run.epoch, run.batch = epoch + 1, 0
@@ -356,6 +292,25 @@ class Engine:
             await self.pacer.tick(logs)
         return logs
 
+    async def _eager_runs(self, run: RunState, batches) -> Any:
+        """An epoch's steps on the backend thread, several per hand-off (torch, TensorFlow)."""
+        program, stepper = self.program, self.stepper
+        next_batch = functools.partial(next, batches, None)
+
+        def should_stop() -> bool:
+            return run.interrupted is not None or program.stop_training
+
+        logs = None
+        while True:
+            step_logs, losses, steps = await stepper.call(stepper.train_steps, next_batch, should_stop)
+            if steps == 0:
+                return logs
+            logs, run.batch_loss = step_logs, losses
+            await self._steps_done(run, steps, logs)
+            if program.stop_training:
+                return logs
+            await self.pacer.tick(logs)
+
     async def _steps_done(self, run: RunState, steps: int, logs) -> None:
         """After `steps` optimizer steps (one, or a fused chunk): count them, show them to
         the value watchers, and end here if a signal came."""
@@ -389,7 +344,7 @@ class Engine:
         update = Update(batch)
         update._grad_norm_fn = stepper.grad_norm
         may_reject = hooks.wants("on_compute_update_end")
-        snapshot = stepper.snapshot() if may_reject else None
+        snapshot = await self.backend(stepper.snapshot) if may_reject else None
         while True:
             if hooks.wants("on_compute_update_begin"):
                 await hooks.fire("on_compute_update_begin", step, update)
@@ -397,7 +352,7 @@ class Engine:
                 "compute", update.batch, stepper.compute, update.batch)
             if not (may_reject and await hooks.reject(step, update)):
                 break
-            stepper.restore(snapshot)
+            await self.backend(stepper.restore, snapshot)
             update.attempt += 1
             if update.attempt >= max_attempts:
                 raise RuntimeError(
@@ -425,10 +380,10 @@ class Engine:
         return val_logs
 
     # -- evaluation and prediction ------------------------------------------------------------
-    @with_run_settings
+    @engine_entry
     async def evaluate(self, source: Source) -> dict:
         hooks, stepper = self.callbacks, self.stepper
-        stepper.begin_eval()
+        await self.backend(stepper.begin_eval)
         await self.pacer.breathe()
         if hooks.wants("on_test_begin"):
             await hooks.fire("on_test_begin", None)
@@ -443,12 +398,12 @@ class Engine:
         if logs is None:
             raise ValueError("the evaluation data gave no batch; pass at least one sample.")
         await self.pacer.settle(logs)
-        logs = to_host(logs)
+        logs = await self.backend(to_host, logs)
         if hooks.wants("on_test_end"):
             await hooks.fire("on_test_end", logs)
         return logs
 
-    @with_run_settings
+    @engine_entry
     async def predict(self, source: Source):
         hooks, stepper = self.callbacks, self.stepper
         if hooks.wants("on_predict_begin"):
@@ -464,7 +419,8 @@ class Engine:
             await self.pacer.tick(y_pred)
         if not outputs:
             raise ValueError("the prediction data gave no batch; pass at least one sample.")
-        result = tree.map_structure(lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)
+        result = await self.backend(
+            tree.map_structure, lambda *parts: np.concatenate([np.asarray(p) for p in parts]), *outputs)
         if hooks.wants("on_predict_end"):
             await hooks.fire("on_predict_end", None)
         return result
@@ -488,4 +444,4 @@ async def _next(batches, is_async: bool):
     return next(batches, None)
 
 
-__all__ = ["Engine", "Pacer", "RunState", "to_host", "in_worker_thread"]
+__all__ = ["Engine", "Pacer", "RunState"]

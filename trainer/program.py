@@ -13,10 +13,11 @@ from keras.src.models.model import functional_init_arguments
 
 from callbacks.callback_list import CallbackList
 from callbacks.progress_bar import ProgressBar, resolve_verbose
+from trainer.backends import on_backend_thread
 from trainer.data import ArraySource, AsyncIterableSource, Source, make_source
 from trainer.history import History
 from trainer.keras_saving import cache_keras_skipsets, save_keras_file, save_weights_file
-from trainer.loop import Engine, RunState, in_worker_thread
+from trainer.loop import Engine, RunState
 from trainer.observability import with_monitor
 from trainer.reward import RewardLoss, RewardMetric
 
@@ -311,9 +312,9 @@ class Program(keras.Model):
             validation = self._validation_sources(validation_data, batch_size)
         if isinstance(source, AsyncIterableSource):
             await source.prime()
-        await in_worker_thread(self._check_features, source.first_batch())
+        await on_backend_thread(self._check_features, source.first_batch())
         # Eager metric reads compile small ops on first use: keep them off the event loop.
-        log_keys = await in_worker_thread(self.expected_log_keys, tuple(validation))
+        log_keys = await on_backend_thread(self.expected_log_keys, tuple(validation))
         history = History()
         callback_list = self._callback_list([history, *with_monitor(callbacks)], verbose)
         params = {
@@ -370,7 +371,7 @@ class Program(keras.Model):
         source = make_source(x, y, batch_size=batch_size, steps_per_epoch=steps)
         if isinstance(source, AsyncIterableSource):
             await source.prime()
-        await in_worker_thread(self._check_features, source.first_batch())
+        await on_backend_thread(self._check_features, source.first_batch())
         verbose = resolve_verbose(verbose)
         callback_list = CallbackList([*with_monitor(callbacks), *([ProgressBar(verbose)] if verbose else [])],
                                      program=self)
@@ -392,7 +393,7 @@ class Program(keras.Model):
         if isinstance(source, AsyncIterableSource):
             await source.prime()
         first = source.first_batch()
-        await in_worker_thread(self._check_features, (first[0], None, None), False)
+        await on_backend_thread(self._check_features, (first[0], None, None), False)
         verbose = resolve_verbose(verbose)
         callback_list = CallbackList(with_monitor(callbacks), program=self)
         callback_list.set_params({"steps": source.steps(), "batch_size": batch_size, "verbose": verbose})

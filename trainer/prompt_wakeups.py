@@ -10,7 +10,7 @@ policy; no privilege needed). With 0.1 ms its deadline comes first and it preemp
 it wakes: in the event-loop bench the p99 gap fell from about 5.0 to 4.2 ms. The slice
 costs nothing when a core is free; it only decides who runs first when none is.
 
-The setting is per thread; trainer/loop.py holds it while any fit, evaluate or predict
+The setting is per thread; trainer/run_settings.py holds it while any fit, evaluate or predict
 runs on the thread (they nest); the thread's own slice comes back after. It is set with
 "reset on fork", so the threads it starts (executor workers) get the normal slice. Anywhere else (other kernels,
 other systems, a sandbox that refuses the call) it does nothing.

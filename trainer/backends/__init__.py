@@ -8,12 +8,22 @@
 - `push()`: write the loop's state back into the program's variables (JAX keeps it
   outside them); `reset_metrics()`; `signature(batch)` to spot first calls that compile.
 - `snapshot()` / `restore()`: non-trainable state, so a rejected attempt leaves no trace.
+- `off_loop`: True where every call above must run on `call()`'s thread (torch and
+  TensorFlow run eagerly, so a step holds its thread for as long as it computes).
 
 The loop (`trainer.loop`) is the only caller.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import threading
+import time
+
 import keras
+from keras.src.backend.common import global_state
+
+from callbacks.threads import FAST_GIL_HANDOFF, await_to_the_end, in_worker_thread
 
 
 def make_stepper(program):
@@ -43,14 +53,76 @@ def batch_signature(batch) -> tuple:
     return tuple(None if leaf is None else (leaf.shape, leaf.dtype) for leaf in leaves)
 
 
+# One long-lived thread does all torch and TensorFlow work of every fit in the process:
+# the event loop only awaits it. One thread, not one per fit, because each thread that
+# runs torch ops gets an OpenMP team of its own, and two teams on the same cores slowed
+# every step by about 30% (README, Performance).
+_BACKEND_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncfit-backend")
+
+
+def backend_thread_id() -> int:
+    """The identity of the thread that runs torch and TensorFlow steps."""
+    return _BACKEND_THREAD.submit(threading.get_ident).result()
+
+
+def _with_keras_state(keras_state: dict, fn, *args):
+    # Keras keeps some settings per thread (global_state); the backend thread sees the caller's.
+    global_state.GLOBAL_STATE_TRACKER.__dict__.update(keras_state)
+    return fn(*args)
+
+
+async def in_backend_thread(fn, *args, keras_state: dict | None = None):
+    """`fn(*args)` on the backend thread, with the caller's Keras settings; the event loop
+    awaits it. A cancelled caller still waits for the call to end, so the program is
+    never left half-updated."""
+    if keras_state is None:
+        keras_state = dict(global_state.GLOBAL_STATE_TRACKER.__dict__)
+    future = asyncio.get_running_loop().run_in_executor(_BACKEND_THREAD, _with_keras_state, keras_state, fn, *args)
+    with FAST_GIL_HANDOFF.held():
+        return await await_to_the_end(future)
+
+
+async def on_backend_thread(fn, *args):
+    """`fn(*args)` where this backend's work runs off the event loop: the backend thread
+    for torch and TensorFlow, a worker thread for JAX (where it compiles)."""
+    if keras.backend.backend() in ("torch", "tensorflow"):
+        return await in_backend_thread(fn, *args)
+    return await in_worker_thread(fn, *args)
+
+
 class EagerStepper:
-    """What torch and TensorFlow steppers share: their state lives in the Keras variables."""
+    """What torch and TensorFlow steppers share: their state lives in the Keras variables,
+    and every call runs on the backend thread."""
 
     supports_chunks = False
+    off_loop = True
+    STEPS_PER_CALL = 16  # at most this many steps per hand-off when no hook needs each one
+    SECONDS_PER_CALL = 0.05  # ... and no more than this long, so a signal or a stop is seen soon
 
     def __init__(self, program):
         self.program = program
         self.seen: set = set()
+        self._keras_state = dict(global_state.GLOBAL_STATE_TRACKER.__dict__)
+
+    async def call(self, fn, *args):
+        """`fn(*args)` on the backend thread (`in_backend_thread`)."""
+        return await in_backend_thread(fn, *args, keras_state=self._keras_state)
+
+    def train_steps(self, next_batch, should_stop) -> tuple:
+        """Fused steps on batches from `next_batch()` (None when the epoch is over), until
+        STEPS_PER_CALL, SECONDS_PER_CALL or `should_stop()`; returns
+        (logs after the last step or None, the per-step losses stacked or None, steps)."""
+        start = time.perf_counter()
+        logs, losses = None, []
+        while len(losses) < self.STEPS_PER_CALL:
+            batch = next_batch()
+            if batch is None:
+                break
+            logs, loss = self.train_step(batch)
+            losses.append(loss)
+            if should_stop() or time.perf_counter() - start >= self.SECONDS_PER_CALL:
+                break
+        return logs, (keras.ops.stack(losses) if losses else None), len(losses)
 
     def push(self) -> None:
         pass  # nothing lives outside the variables

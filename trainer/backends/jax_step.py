@@ -80,6 +80,8 @@ def _build_functions(program) -> dict:
 
 
 class Stepper:
+    off_loop = False  # dispatched from the event loop's thread: JAX runs it asynchronously
+
     def __init__(self, program):
         self.program = program
         cache = program.__dict__.setdefault("_asyncfit_compiled", {})
