@@ -6,7 +6,6 @@ import glob
 import hashlib
 import json
 import os
-import pickle
 import random
 import re
 import signal
@@ -20,28 +19,55 @@ import numpy as np
 
 from callbacks.atomic import atomic_write, fsync_dir
 from callbacks.callback import Callback, ManifestRow
+from callbacks.safe_state import decode, dumps, encode, loads
 
-BACKUP_FORMAT = 1
+# Format 2: the metadata and every callback's state as JSON, arrays beside it; nothing is
+# pickled. Format 1 (before) pickled the metadata: it is read only on explicit opt-in.
+BACKUP_FORMAT = 2
+_PICKLE_FORMAT = 1
+
+
+class LegacyBackupError(ValueError):
+    """A backup in the old pickled format, refused unless `allow_legacy_pickle=True`."""
 _NAME = re.compile(r"backup-(\d+)\.npz$")
 
 
 def global_rng_state() -> dict:
     """Global generators a step may draw from outside Keras' seed variables (torch's
-    dropout without a seed uses torch's global RNG, user code may use NumPy's or Python's)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state()}
+    dropout without a seed uses torch's global RNG, user code may use NumPy's or Python's),
+    as arrays and numbers only."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": np.asarray(internal, dtype=np.uint32), "gauss": gauss},
+             "numpy": {"kind": kind, "keys": np.asarray(keys, dtype=np.uint32), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
     if "torch" in sys.modules:
         state["torch"] = sys.modules["torch"].get_rng_state().numpy().copy()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        state["tensorflow"] = tf.random.get_global_generator().state.numpy().copy()
     return state
 
 
 def set_global_rng_state(state: dict) -> None:
-    if "python" in state:
-        random.setstate(state["python"])
-    if "numpy" in state:
-        np.random.set_state(state["numpy"])
+    python, np_state = state.get("python"), state.get("numpy")
+    if isinstance(python, dict):
+        random.setstate((python["version"], tuple(int(v) for v in python["state"]), python["gauss"]))
+    elif python is not None:  # a format-1 backup: the tuple itself
+        random.setstate(python)
+    if isinstance(np_state, dict):
+        np.random.set_state((np_state["kind"], np.asarray(np_state["keys"], dtype=np.uint32), np_state["pos"],
+                             np_state["has_gauss"], np_state["cached"]))
+    elif np_state is not None:
+        np.random.set_state(np_state)
     if "torch" in state and "torch" in sys.modules:
         torch = sys.modules["torch"]
-        torch.set_rng_state(torch.from_numpy(state["torch"]))
+        torch.set_rng_state(torch.from_numpy(np.asarray(state["torch"], dtype=np.uint8).copy()))
+    if "tensorflow" in state and keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.random.get_global_generator().reset(state["tensorflow"])
 
 
 def host_view(value) -> np.ndarray:
@@ -113,6 +139,15 @@ class BackupAndRestore(Callback):
             epoch end; for time-based backups mid-epoch, pass save_freq=1.
         delete_checkpoint: delete the backups when training ends well (kept when
             TerminateOnNaN stopped it, or on an error or a signal).
+        allow_legacy_pickle: read a backup written before format 2, whose metadata is
+            pickled (reading a pickle can run code: only for a backup you made yourself).
+            Off by default: such a backup is refused with a message. The next backup is
+            written in the new format, so the opt-in is needed once.
+
+    Backups hold arrays and JSON only (`.npz` read with `allow_pickle=False`): the run's
+    metadata and every callback's `state_dict`, which may hold JSON values, NumPy arrays
+    and nested dicts, lists and tuples of them; anything else is refused when the backup
+    is written, naming the callback and the key.
 
     Example:
         ```python
@@ -125,7 +160,7 @@ class BackupAndRestore(Callback):
     hook_order = {"on_train_begin": -100}  # restore before any other callback starts
 
     def __init__(self, backup_dir: str, save_freq="epoch", save_time_interval: float | None = None,
-                 delete_checkpoint: bool = True, keep: int = 2):
+                 delete_checkpoint: bool = True, keep: int = 2, allow_legacy_pickle: bool = False):
         super().__init__()
         if save_freq != "epoch" and not (isinstance(save_freq, int) and not isinstance(save_freq, bool)
                                          and save_freq > 0):
@@ -137,6 +172,7 @@ class BackupAndRestore(Callback):
         self.save_freq = save_freq
         self.save_time_interval = save_time_interval
         self.delete_checkpoint = delete_checkpoint
+        self.allow_legacy_pickle = bool(allow_legacy_pickle)
         self.keep = max(2, keep)
         self.restored_from: str | None = None
         self._pending: asyncio.Task | None = None
@@ -173,7 +209,10 @@ class BackupAndRestore(Callback):
         self.restored_from = None
         for path in self.backups():
             try:
-                meta, arrays = self._read(path)
+                meta, arrays = self._read(path, self.allow_legacy_pickle)
+            except LegacyBackupError:
+                self._release_lock()
+                raise
             except Exception as error:  # torn or corrupt: fall back to the previous one
                 warnings.warn(f"BackupAndRestore: {path} cannot be read ({error!r}); trying the previous backup.")
                 continue
@@ -261,12 +300,16 @@ class BackupAndRestore(Callback):
         meta = {
             "format": BACKUP_FORMAT, "epoch": run.epoch, "batch": run.batch, "step_count": program.step_count,
             "seed": run.seed, "fingerprint": self._fingerprint, "counts": counts, "time": time.time(),
-            "rng": global_rng_state(),
-            "callbacks": self._callback_list.state_dicts() if self._callback_list is not None else {},
         }
-        # Pickled now, not in the writer thread: state_dicts may hand out live objects
+        # Encoded now, not in the writer thread: state_dicts may hand out live objects
         # (History's lists) that the next epochs would change before the file is written.
-        return meta, pickle.dumps(meta, protocol=pickle.HIGHEST_PROTOCOL), arrays
+        state_arrays: dict = {}
+        meta["rng"] = encode(global_rng_state(), "the global RNG state", state_arrays, prefix="__rng__")
+        states = self._callback_list.state_dicts() if self._callback_list is not None else {}
+        meta["callbacks"] = {key: encode(state, f"{key}.state_dict()", state_arrays, prefix="__state__")
+                             for key, state in states.items()}
+        arrays.update(state_arrays)
+        return meta, dumps(meta), arrays
 
     async def _backup(self) -> None:
         if self._pending is not None:
@@ -298,12 +341,32 @@ class BackupAndRestore(Callback):
             os.remove(old)
 
     @staticmethod
-    def _read(path: str) -> tuple[dict, dict]:
+    def _read(path: str, allow_legacy_pickle: bool = False) -> tuple[dict, dict]:
+        """The backup's metadata (callback states and RNG decoded) and its arrays; never
+        unpickles, unless `allow_legacy_pickle` and the file is of the old format."""
         with np.load(path, allow_pickle=False) as data:
-            meta = pickle.loads(data["__meta__"].tobytes())
+            payload = data["__meta__"].tobytes()
             arrays = {key: data[key] for key in data.files if key != "__meta__"}
+        if payload[:1] == b"\x80":  # a pickle's first byte (protocol 2 and later)
+            if not allow_legacy_pickle:
+                raise LegacyBackupError(
+                    f"BackupAndRestore: {path} was written by an older asyncfit, which pickled its metadata; "
+                    "reading a pickle can run code, so it is not read. If you made this backup yourself, resume "
+                    "once with BackupAndRestore(..., allow_legacy_pickle=True) (the next backup is written in the "
+                    "new format); otherwise delete the backups in this folder, or use another backup_dir, to "
+                    "start over.")
+            import pickle  # only on the explicit opt-in above
+
+            meta = pickle.loads(payload)
+            if meta.get("format") != _PICKLE_FORMAT:
+                raise ValueError(f"unknown backup format {meta.get('format')!r}")
+            return meta, arrays
+        meta = loads(payload)
         if meta.get("format") != BACKUP_FORMAT:
             raise ValueError(f"unknown backup format {meta.get('format')!r}")
+        meta["rng"] = decode(meta.get("rng", {}), arrays)
+        meta["callbacks"] = {key: decode(state, arrays) for key, state in meta.get("callbacks", {}).items()}
+        arrays = {key: value for key, value in arrays.items() if not key.startswith(("__rng__", "__state__"))}
         return meta, arrays
 
     async def _flush(self) -> None:

@@ -28,6 +28,7 @@ slice (trainer/prompt_wakeups.py), so it gets the CPU back at once when it wakes
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import functools
 import time
@@ -52,6 +53,14 @@ CHUNK_STEPS = 16  # steps per dispatch when no callback needs per-batch control
 
 STEP_STAGE_HOOKS = ("on_compute_update_begin", "on_compute_update_end", "before_parameter_update")
 PER_BATCH_HOOKS = STEP_STAGE_HOOKS + ("on_train_batch_begin", "on_train_batch_end")
+
+
+BACKGROUND_COMPILES = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncfit-compile")
+
+
+def _in_background(compile_job) -> None:
+    with FAST_GIL_HANDOFF.held():  # its tracing holds the GIL: hand it back to the loop often
+        compile_job()
 
 
 def engine_entry(method):
@@ -162,11 +171,12 @@ class Engine:
         if stepper.off_loop:
             return await stepper.call(fn, *args)
         signature = stepper.signature(kind, batch)
-        if signature in stepper.seen:
-            return fn(*args)
-        result = await in_worker_thread(fn, *args)
-        stepper.seen.add(signature)
-        return result
+        if signature not in stepper.seen:
+            # Compile only, in a worker thread: nothing runs or is donated there, so a
+            # cancellation meanwhile leaves the program as it was.
+            await in_worker_thread(stepper.compile_job(kind, *args))
+            stepper.seen.add(signature)
+        return fn(*args)
 
     async def backend(self, fn: Callable, *args):
         """Backend work other than steps (metrics, snapshots): where the steps run."""
@@ -275,22 +285,50 @@ class Engine:
         return epoch_logs
 
     async def _chunked_epoch(self, run: RunState, epoch: int, first: int):
-        """One epoch in fused chunks of CHUNK_STEPS steps (plus single steps for the rest)."""
+        """One epoch in fused chunks of CHUNK_STEPS steps (plus single steps for the rest).
+
+        Until the chunk is compiled (in the background, started at its first use), its
+        batches train as single steps, so a first fit does not wait for that compile."""
         program, stepper = self.program, self.stepper
         logs = None
         for kind, batch in run.source.epoch_chunks(epoch, first, CHUNK_STEPS):
-            if kind == "chunk":
+            if kind == "chunk" and self._chunk_compiled(batch):
                 # The chunk's per-step losses, as they are: indexing one out here would compile a
                 # small op on the event loop's thread.
-                logs, run.batch_loss = await self.run("chunk", batch, stepper.train_chunk, batch)
+                logs, run.batch_loss = stepper.train_chunk(batch)
                 await self._steps_done(run, CHUNK_STEPS, logs)
-            else:
-                logs, run.batch_loss = await self.run("fused", batch, stepper.train_step, batch)
+                if program.stop_training:
+                    break
+                await self.pacer.tick(logs)
+                continue
+            singles = [batch] if kind != "chunk" else [tuple(None if p is None else p[i] for p in batch)
+                                                        for i in range(CHUNK_STEPS)]
+            for single in singles:
+                logs, run.batch_loss = await self.run("fused", single, stepper.train_step, single)
                 await self._steps_done(run, 1, logs)
-            if program.stop_training:
-                break
-            await self.pacer.tick(logs)
+                if program.stop_training:
+                    return logs
+                await self.pacer.tick(logs)
         return logs
+
+    def _chunk_compiled(self, batch) -> bool:
+        """Whether the fused chunk for `batch`'s shapes is compiled; starts its compile in
+        the background the first time. The compile changes nothing but JAX's caches, so it
+        may finish after the fit (the next fit finds it)."""
+        stepper = self.stepper
+        signature = stepper.signature("chunk", batch)
+        if signature in stepper.seen:
+            return True
+        pending = stepper.background.get(signature)
+        if pending is None:
+            stepper.background[signature] = BACKGROUND_COMPILES.submit(_in_background, stepper.compile_job("chunk", batch))
+            return False
+        if not pending.done():
+            return False
+        del stepper.background[signature]
+        pending.result()  # a compile error surfaces here, as it would have at the call
+        stepper.seen.add(signature)
+        return True
 
     async def _eager_runs(self, run: RunState, batches) -> Any:
         """An epoch's steps on the backend thread, several per hand-off (torch, TensorFlow)."""

@@ -65,8 +65,19 @@ def backend_thread_id() -> int:
     return _BACKEND_THREAD.submit(threading.get_ident).result()
 
 
+# Keras keeps its settings per thread (global_state): the backend thread takes the caller's.
+# Settings only: scopes and the list of variables awaiting initialisation stay per thread.
+KERAS_SETTINGS = ("dtype_policy", "distribution", "nnx_enabled", "torch_device", "flash_attention",
+                  "global_seed_generator", "global_random_seed")
+
+
+def keras_settings() -> dict:
+    """The calling thread's Keras settings that a backend thread must share."""
+    tracker = global_state.GLOBAL_STATE_TRACKER.__dict__
+    return {key: tracker[key] for key in KERAS_SETTINGS if key in tracker}
+
+
 def _with_keras_state(keras_state: dict, fn, *args):
-    # Keras keeps some settings per thread (global_state); the backend thread sees the caller's.
     global_state.GLOBAL_STATE_TRACKER.__dict__.update(keras_state)
     return fn(*args)
 
@@ -76,7 +87,7 @@ async def in_backend_thread(fn, *args, keras_state: dict | None = None):
     awaits it. A cancelled caller still waits for the call to end, so the program is
     never left half-updated."""
     if keras_state is None:
-        keras_state = dict(global_state.GLOBAL_STATE_TRACKER.__dict__)
+        keras_state = keras_settings()
     future = asyncio.get_running_loop().run_in_executor(_BACKEND_THREAD, _with_keras_state, keras_state, fn, *args)
     with FAST_GIL_HANDOFF.held():
         return await await_to_the_end(future)
@@ -102,7 +113,7 @@ class EagerStepper:
     def __init__(self, program):
         self.program = program
         self.seen: set = set()
-        self._keras_state = dict(global_state.GLOBAL_STATE_TRACKER.__dict__)
+        self._keras_state = keras_settings()
 
     async def call(self, fn, *args):
         """`fn(*args)` on the backend thread (`in_backend_thread`)."""

@@ -93,6 +93,7 @@ class Stepper:
         self._stale = True  # the variables may be newer than self.state
         self._synced = True  # the variables hold self.state
         self.seen: set = set()
+        self.background: dict = {}  # signature -> a compile running in the background
 
     # -- state ---------------------------------------------------------------------
     def _pull(self):
@@ -137,6 +138,33 @@ class Stepper:
 
     def signature(self, kind: str, batch) -> tuple:
         return (kind, batch_signature(batch))
+
+    # -- compiling ---------------------------------------------------------------------
+    def _jitted_call(self, kind: str, *args) -> tuple:
+        """The jitted function and its arguments behind the step method of `kind`."""
+        if kind == "fused":
+            return self.fns["fused"], (self._current(), args[0])
+        if kind == "chunk":
+            return self.fns["chunk"], (self._current(), args[0])
+        if kind == "compute":
+            return self.fns["compute"], (self._current(), args[0])
+        if kind == "apply":
+            return self.fns["apply"], (self._current(), *args)
+        trainable, non_trainable, _, _ = self._current()
+        if kind == "test":
+            return self.fns["test"], (trainable, non_trainable, self.eval_metrics, args[0])
+        if kind == "predict":
+            return self.fns["predict"], (trainable, non_trainable, args[0])
+        raise ValueError(f"unknown step kind {kind!r}")
+
+    def compile_job(self, kind: str, *args):
+        """A function that compiles the step of `kind` for these arguments without running
+        it, for a worker thread. Its arguments are taken here, on the caller's thread; the
+        compile reads only their shapes (a buffer donated meanwhile is fine), and donates or
+        changes nothing, so a cancelled caller loses nothing. The next call on these shapes
+        finds the compiled step in JAX's caches (about 1-5 ms to look up)."""
+        fn, fn_args = self._jitted_call(kind, *args)
+        return lambda: fn.lower(*fn_args).compile()
 
     # -- steps -----------------------------------------------------------------------
     def compute(self, batch):
