@@ -9,14 +9,24 @@ from trainer.observability import disable_observability, enable_observability  #
 from trainer.program import FunctionalProgram, Program, SequentialProgram  # noqa: E402
 
 
-def load_program(path: str, custom_objects: dict | None = None, compile: bool = True) -> Program:
-    """Load a program saved with `Program.save` (a `.keras` file)."""
+def load_program(path: str, custom_objects: dict | None = None, compile: bool = True,
+                 safe_mode: bool = True) -> Program:
+    """Load a program saved with `Program.save` (a `.keras` file).
+
+    Args:
+        path: the `.keras` file.
+        custom_objects: classes and functions the file names, as for `keras.saving.load_model`.
+        compile: restore the compile config (optimizer, loss, metrics) too.
+        safe_mode: Keras' own, on by default: a file that would run code when loaded (a
+            `Lambda` layer's pickled function, say) is refused. Pass False only for files
+            you made yourself.
+    """
     import keras
 
     from trainer.keras_saving import cache_keras_skipsets
 
     cache_keras_skipsets()
-    return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile)
+    return keras.saving.load_model(path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
 
 
 __all__ = [
