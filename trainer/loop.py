@@ -321,6 +321,8 @@ class Engine:
             return True
         pending = stepper.background.get(signature)
         if pending is None:
+            if not any(kind == "fused" for kind, _ in stepper.seen):
+                return False  # the first single step compiles first: it alone gates the first step
             stepper.background[signature] = BACKGROUND_COMPILES.submit(_in_background, stepper.compile_job("chunk", batch))
             return False
         if not pending.done():
