@@ -17,6 +17,7 @@ import warnings
 import keras
 import numpy as np
 
+from callbacks import signals
 from callbacks.atomic import atomic_write, fsync_dir
 from callbacks.callback import Callback, ManifestRow
 from callbacks.safe_state import decode, dumps, encode, loads
@@ -94,11 +95,14 @@ def run_fingerprint(program, run) -> dict:
         "optimizer": {"class": type(optimizer).__name__, "config": _digest(optimizer_config)},
         "dataset": run.source.fingerprint(),
         "epochs": run.epochs,
+        "loss": _digest(program.get_compile_config().get("loss") if program.compiled else None),
     }
 
 
 def _first_difference(saved: dict, current: dict) -> str | None:
-    for field in ("program", "optimizer", "dataset", "epochs"):
+    for field in ("program", "optimizer", "dataset", "epochs", "loss", "training"):
+        if field not in saved and saved.get("legacy"):
+            continue  # a format-1 backup (opted in) did not record it
         a, b = saved.get(field), current.get(field)
         if a == b:
             continue
@@ -182,6 +186,8 @@ class BackupAndRestore(Callback):
         self._last_time = 0.0
         self._fingerprint = None
         self._host_buffers: dict[str, np.ndarray] = {}
+        self._lock_fd: int | None = None
+        self._lock_key = ""
         if save_freq == "epoch":
             self.on_train_batch_end = None  # nothing per batch: fused chunks stay on
 
@@ -205,6 +211,8 @@ class BackupAndRestore(Callback):
             os.remove(stale)  # a write cut short by a kill
         program, run = self.program, self.run_state
         self._fingerprint = run_fingerprint(program, run)
+        params = self.params or {}
+        self._fingerprint["training"] = {key: params.get(key) for key in ("batch_size", "shuffle", "steps")}
         self._signal = None
         self.restored_from = None
         for path in self.backups():
@@ -360,6 +368,7 @@ class BackupAndRestore(Callback):
             meta = pickle.loads(payload)
             if meta.get("format") != _PICKLE_FORMAT:
                 raise ValueError(f"unknown backup format {meta.get('format')!r}")
+            meta["fingerprint"]["legacy"] = True
             return meta, arrays
         meta = loads(payload)
         if meta.get("format") != BACKUP_FORMAT:
@@ -376,17 +385,14 @@ class BackupAndRestore(Callback):
 
     # -- signals ----------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
-        # signal.signal, not loop.add_signal_handler: the flag is set at once, so the
-        # step running when the signal came is the last one (the loop's handler would
-        # wait for the next yield to the event loop).
-        if threading.current_thread() is not threading.main_thread():
-            return  # signals are only delivered to the main thread
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._installed.append((sig, signal.signal(sig, self._on_signal)))
+        # One process-wide handler (callbacks/signals.py) tells every run that registered,
+        # so overlapping fits end in any order and the original handler comes back.
+        if signals.register(self._on_signal):
+            self._installed = [self._on_signal]
 
     def _remove_signal_handlers(self) -> None:
-        for sig, previous in self._installed:
-            signal.signal(sig, previous)
+        for target in self._installed:
+            signals.unregister(target)
         self._installed = []
 
     def _on_signal(self, sig: int, frame=None) -> None:
@@ -427,27 +433,79 @@ class BackupAndRestore(Callback):
 
     # -- lock ---------------------------------------------------------------------------------------------
     def _acquire_lock(self) -> None:
-        pid = os.getpid()
-        if os.path.exists(self.lock_path):
-            try:
-                with open(self.lock_path) as handle:
-                    other = int(handle.read().strip() or 0)
-            except (OSError, ValueError):
-                other = 0
-            if other and other != pid and _alive(other):
+        """Hold `backup_dir/lock`: an flock (atomic across processes, released by the kernel
+        when the holder dies, SIGKILL included) on a file naming the holder's pid, plus a
+        registry of the folders this process's fits hold."""
+        key = os.path.realpath(self.backup_dir)
+        with _HELD_LOCK:
+            if key in _HELD_DIRS:
                 raise RuntimeError(
-                    f"BackupAndRestore: {self.backup_dir!r} is in use by another live run (pid {other}); "
-                    "give this run its own backup_dir, or stop the other run."
-                )
-        atomic_write(self.lock_path, lambda tmp: open(tmp, "w").write(str(pid)))
+                    f"BackupAndRestore: {self.backup_dir!r} is in use by another fit in this process; "
+                    "give each concurrent fit its own backup_dir.")
+            _HELD_DIRS.add(key)
+        try:
+            self._lock_fd = _lock_file(self.lock_path, self.backup_dir)
+        except BaseException:
+            with _HELD_LOCK:
+                _HELD_DIRS.discard(key)
+            raise
+        self._lock_key = key
 
     def _release_lock(self) -> None:
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is None:
+            return
         try:
-            with open(self.lock_path) as handle:
-                if handle.read().strip() == str(os.getpid()):
-                    os.remove(self.lock_path)
+            os.remove(self.lock_path)  # while still holding it: a waiting locker sees the file gone and retries
         except OSError:
             pass
+        os.close(fd)  # releases the flock
+        with _HELD_LOCK:
+            _HELD_DIRS.discard(self._lock_key)
+
+
+_HELD_DIRS: set[str] = set()
+_HELD_LOCK = threading.Lock()
+
+
+def _lock_file(path: str, backup_dir: str) -> int:
+    """An open descriptor of `path` holding its exclusive flock, with this pid written in."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = _read_pid(fd)
+            os.close(fd)
+            raise RuntimeError(
+                f"BackupAndRestore: {backup_dir!r} is in use by another live run (pid {other}); "
+                "give this run its own backup_dir, or stop the other run.") from None
+        try:
+            if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                os.close(fd)  # its holder removed it as we opened it: lock the new file
+                continue
+        except FileNotFoundError:
+            os.close(fd)
+            continue
+        other = _read_pid(fd)
+        if other and other != os.getpid() and _alive(other):
+            # A pid file without an flock (an older asyncfit holding it): respect it.
+            os.close(fd)
+            raise RuntimeError(
+                f"BackupAndRestore: {backup_dir!r} is in use by another live run (pid {other}); "
+                "give this run its own backup_dir, or stop the other run.")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+
+def _read_pid(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 32, 0).decode().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _alive(pid: int) -> bool:

@@ -299,7 +299,7 @@ def overrides(callback: Any, hook: str) -> bool:
     if method is None:
         return False
     if isinstance(callback, Callback):
-        return method is not getattr(Callback, hook)
+        return method is not getattr(Callback, hook, None)
     if isinstance(callback, keras.callbacks.Callback):
         base = getattr(keras.callbacks.Callback, hook, None)
         return method is not base

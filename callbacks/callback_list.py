@@ -47,6 +47,9 @@ class CallableCallback(Callback):
             object.__setattr__(self._program, "stop_reason", f"callable {self._name} returned False at step {step}")
 
 
+BATCH_ALIASES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
+
+
 def _as_callback(obj: Any) -> Any:
     if isinstance(obj, (Callback, keras.callbacks.Callback)):
         return obj
@@ -85,6 +88,11 @@ class CallbackList:
                     continue
                 if overrides(cb, hook):
                     fn = getattr(cb, hook)
+                    entries.append((fn, inspect.iscoroutinefunction(fn)))
+                elif hook in BATCH_ALIASES and overrides(cb, BATCH_ALIASES[hook]):
+                    # Keras' older names (on_batch_begin / on_batch_end), which keras.fit
+                    # calls through on_train_batch_*; LambdaCallback(on_batch_end=...) too.
+                    fn = getattr(cb, BATCH_ALIASES[hook])
                     entries.append((fn, inspect.iscoroutinefunction(fn)))
             self._table[hook] = tuple(entries)
         for cb in self.callbacks:
@@ -155,6 +163,24 @@ class CallbackList:
         if stop is not None:
             raise stop
 
+    async def fire_all(self, hook: str, *args) -> None:
+        """Call `hook` on every callback that overrides it, in order, even when one raises:
+        for cleanup hooks (`on_train_end`), where every callback must release what it holds.
+        The first error is raised once all have run (a `StopTraining` is not an error here)."""
+        first = None
+        for fn, is_async in self._table[hook]:
+            try:
+                if is_async:
+                    await fn(*args)
+                else:
+                    fn(*args)
+            except StopTraining:
+                pass
+            except BaseException as error:  # noqa: B036 (re-raised below, after the others ran)
+                first = first or error
+        if first is not None:
+            raise first
+
     async def reject(self, step: int, update: Update) -> bool:
         """Fire `on_compute_update_end`; True when any callback rejects the update."""
         rejected = False
@@ -177,7 +203,7 @@ class CallbackList:
                     await fn(error)
                 else:
                     fn(error)
-            except Exception as handler_error:  # the original error must propagate
+            except BaseException as handler_error:  # noqa: B036 (the original error must propagate; the others still clean up)
                 warnings.warn(f"{fn.__qualname__} failed while handling {error!r}: {handler_error!r}")
 
     def __iter__(self):

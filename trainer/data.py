@@ -239,8 +239,11 @@ class ArraySource(Source):
         return train, val
 
     def fingerprint(self) -> dict:
-        leaves = tree.flatten((self.x, self.y))
-        sample = [np.asarray(leaf[: min(8, len(leaf))]).tobytes() for leaf in leaves]
+        leaves = [leaf for leaf in tree.flatten((self.x, self.y, self.sample_weight)) if leaf is not None]
+        # 64 rows spread over the whole data (first and last included), so a change anywhere
+        # in a large part of it shows.
+        rows = np.unique(np.linspace(0, self.num_samples - 1, num=min(64, self.num_samples)).astype(np.int64))
+        sample = [np.ascontiguousarray(np.asarray(leaf)[rows]).tobytes() for leaf in leaves]
         import hashlib
 
         return {
@@ -249,6 +252,9 @@ class ArraySource(Source):
             "shapes": [list(leaf.shape[1:]) for leaf in leaves],
             "dtypes": [str(leaf.dtype) for leaf in leaves],
             "sample_hash": hashlib.sha256(b"".join(sample)).hexdigest()[:16],
+            "batch_size": self.batch_size,
+            "shuffle": bool(self.shuffle),
+            "steps_per_epoch": self._steps,
         }
 
 

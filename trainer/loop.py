@@ -275,9 +275,7 @@ class Engine:
             raise
         if hooks.wants("on_train_end"):
             try:
-                await hooks.fire("on_train_end", epoch_logs)
-            except StopTraining:
-                pass
+                await hooks.fire_all("on_train_end", epoch_logs)  # every callback cleans up
             except BaseException as error:
                 self._finish()
                 raise error
@@ -387,7 +385,10 @@ class Engine:
         snapshot = await self.backend(stepper.snapshot) if may_reject else None
         while True:
             if hooks.wants("on_compute_update_begin"):
+                given = update.batch
                 await hooks.fire("on_compute_update_begin", step, update)
+                if update.batch is not given:
+                    update.batch = _as_batch(update.batch)
             update.loss, update.grads, update._grad_norm, update.aux = await self.run(
                 "compute", update.batch, stepper.compute, update.batch)
             if not (may_reject and await hooks.reject(step, update)):
@@ -464,6 +465,20 @@ class Engine:
         if hooks.wants("on_predict_end"):
             await hooks.fire("on_predict_end", None)
         return result
+
+
+def _as_batch(batch) -> tuple:
+    """A batch a hook put in `update.batch`, taken as data batches are: `x`, `(x,)`,
+    `(x, y)` or `(x, y, sample_weight)` (a list as a tuple, as Keras does)."""
+    if isinstance(batch, list):
+        batch = tuple(batch)
+    if not isinstance(batch, tuple):
+        return (batch, None, None)
+    if len(batch) in (1, 2, 3):
+        return batch + (None,) * (3 - len(batch))
+    raise ValueError(
+        f"on_compute_update_begin set update.batch to a tuple of {len(batch)} items; give x, (x,), (x, y) or "
+        "(x, y, sample_weight).")
 
 
 async def _enumerate(source: Source):

@@ -1,7 +1,10 @@
 """`Program`: a `keras.Model` whose `fit`, `evaluate` and `predict` are awaited."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
+import numbers
 import os
 
 import keras
@@ -33,6 +36,19 @@ def _unknown_keywords(method: str, unknown: dict, known: tuple) -> TypeError:
         close = difflib.get_close_matches(key, known, n=1)
         parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     return TypeError(f"{method}() got unknown keyword argument(s) {', '.join(parts)}; it accepts {', '.join(known)}.")
+
+
+# The programs whose fit/evaluate/predict the current task is inside (a hook's code runs
+# in the fit's task, so it sees the fit's entry here).
+_INSIDE: contextvars.ContextVar[frozenset] = contextvars.ContextVar("asyncfit_inside", default=frozenset())
+
+
+def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        more = " or None" if allow_none else ""
+        raise ValueError(f"{name}={value!r} ({type(value).__name__}); it must be an integer >= {minimum}{more}.")
 
 
 @keras.saving.register_keras_serializable(package="asyncfit")
@@ -211,6 +227,11 @@ class Program(keras.Model):
                 )
                 keras.src.backend.compute_output_spec(self, spec, training=False)
         except (ValueError, RuntimeError, TypeError) as error:
+            text = str(error)
+            for part in ("loss", "metric"):
+                if f"interpret {part}" in text or f"Unknown {part}" in text:
+                    raise ValueError(f"compile({'loss' if part == 'loss' else 'metrics'}=...) names something Keras "
+                                     f"does not know: {text}") from error
             raise ValueError(f"the features do not fit the program: {error}") from error
         if with_targets and getattr(self, "optimizer", None) is not None and not self.optimizer.built:
             self.optimizer.build(self.trainable_variables)
@@ -240,6 +261,38 @@ class Program(keras.Model):
             except Exception:  # a metric that needs concrete values: compute them
                 pass
         return list(self.get_metrics_result())
+
+    # -- one call at a time -------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _one_call(self, method: str):
+        """Refuse a second fit/evaluate/predict while one runs, except evaluate and predict
+        called from inside the running call (a hook): those run on the current variables
+        and leave the running call's metrics as they were. Yields True when nested."""
+        running = self.__dict__.get("_asyncfit_running")
+        inside = id(self) in _INSIDE.get()
+        if running is not None and not (inside and method != "fit"):
+            where = " from a hook of the running fit" if inside else ""
+            raise RuntimeError(
+                f"{method}() was called{where} while this program's {running}() is running; a program runs one "
+                "fit / evaluate / predict at a time. Await the running call first"
+                + (", or call evaluate() / predict() from a hook of the running fit." if method == "fit" and not inside
+                   else "." if method == "fit" else "; evaluate() and predict() may be called from its hooks."))
+        if running is not None:  # nested in a hook: keep the running call's metric state
+            self.jax_state_sync()
+            saved = [keras.ops.convert_to_numpy(v.value).copy() for v in self.metrics_variables]
+            try:
+                yield True
+            finally:
+                for variable, value in zip(self.metrics_variables, saved):
+                    variable.assign(value)
+            return
+        object.__setattr__(self, "_asyncfit_running", method)
+        token = _INSIDE.set(_INSIDE.get() | {id(self)})
+        try:
+            yield False
+        finally:
+            _INSIDE.reset(token)
+            self.__dict__.pop("_asyncfit_running", None)
 
     # -- fit / evaluate / predict ------------------------------------------------------------
     async def fit(self, x=None, y=None, *, batch_size: int = 32, epochs: int = 1, verbose="auto",
@@ -274,28 +327,40 @@ class Program(keras.Model):
         """
         if unknown:
             raise _unknown_keywords("fit", unknown, FIT_KEYWORDS)
+        with self._one_call("fit"):
+            return await self._fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks,
+                                   validation_split=validation_split, validation_data=validation_data,
+                                   shuffle=shuffle, seed=seed, initial_epoch=initial_epoch,
+                                   steps_per_epoch=steps_per_epoch, validation_freq=validation_freq,
+                                   max_attempts=max_attempts)
+
+    async def _fit(self, x, y, *, batch_size, epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+                   seed, initial_epoch, steps_per_epoch, validation_freq, max_attempts) -> History:
         if callbacks is not None and not isinstance(callbacks, (list, tuple)):
             raise TypeError(f"callbacks= must be a list; got {type(callbacks).__name__}.")
         self._require_compiled("fit")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}; it must be an integer >= 1.")
-        if not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise ValueError(f"epochs={epochs!r}; it must be an integer >= 1.")
-        if initial_epoch < 0 or epochs < initial_epoch:
+        _check_int("batch_size", batch_size, 1)
+        _check_int("epochs", epochs, 1)
+        _check_int("initial_epoch", initial_epoch, 0)
+        if epochs < initial_epoch:
             raise ValueError(
                 f"epochs={epochs} is less than initial_epoch={initial_epoch}; epochs is the index of the "
                 f"last epoch to reach, so pass epochs >= initial_epoch."
             )
-        if not 0.0 <= validation_split < 1.0:
-            raise ValueError(f"validation_split={validation_split}; it must be in [0, 1).")
+        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
+                or not 0.0 <= validation_split < 1.0:
+            raise ValueError(f"validation_split={validation_split!r} ({type(validation_split).__name__}); it must be "
+                             "a number in [0, 1).")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise ValueError(f"shuffle={shuffle!r}; it must be True or False (Keras' shuffle='batch' is not "
+                             "supported: arrays are shuffled by sample).")
+        if seed is not None:
+            _check_int("seed", seed, 0)
         if validation_split and validation_data is not None:
             raise ValueError("give validation_split or validation_data, not both.")
-        if not isinstance(validation_freq, int) or validation_freq < 1:
-            raise ValueError(f"validation_freq={validation_freq!r}; it must be an integer >= 1.")
-        if not isinstance(max_attempts, int) or max_attempts < 1:
-            raise ValueError(f"max_attempts={max_attempts!r}; it must be an integer >= 1.")
-        if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
-            raise ValueError(f"steps_per_epoch={steps_per_epoch!r}; it must be an integer >= 1 or None.")
+        _check_int("validation_freq", validation_freq, 1)
+        _check_int("max_attempts", max_attempts, 1)
+        _check_int("steps_per_epoch", steps_per_epoch, 1, allow_none=True)
         verbose = resolve_verbose(verbose)
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**31))
@@ -313,6 +378,14 @@ class Program(keras.Model):
         if isinstance(source, AsyncIterableSource):
             await source.prime()
         await on_backend_thread(self._check_features, source.first_batch())
+        for name, val_source in ({} if validation_split else validation).items():  # fails here, not after an epoch
+            if isinstance(val_source, AsyncIterableSource):
+                await val_source.prime()
+            try:
+                await on_backend_thread(self._check_features, val_source.first_batch())
+            except ValueError as error:
+                what = "validation_data" if name == "val" else f"validation_data[{name!r}]"
+                raise ValueError(f"{what}: {error}") from error
         # Eager metric reads compile small ops on first use: keep them off the event loop.
         log_keys = await on_backend_thread(self.expected_log_keys, tuple(validation))
         history = History()
@@ -334,7 +407,11 @@ class Program(keras.Model):
     def _validation_sources(self, validation_data, batch_size: int) -> dict[str, Source]:
         if validation_data is None:
             return {}
+        if isinstance(validation_data, list):
+            validation_data = tuple(validation_data)  # Keras takes [x_val, y_val] as (x_val, y_val)
         if isinstance(validation_data, dict):  # named evaluators {name: (x, y)}
+            validation_data = {name: tuple(data) if isinstance(data, list) else data
+                               for name, data in validation_data.items()}
             for name, data in validation_data.items():
                 if not isinstance(data, tuple):
                     raise ValueError(
@@ -364,10 +441,15 @@ class Program(keras.Model):
         """Evaluate on `x`, `y`; returns `{metric: value}` (same inputs as `fit`)."""
         if unknown:
             raise _unknown_keywords("evaluate", unknown, ("batch_size", "verbose", "callbacks", "steps"))
+        with self._one_call("evaluate"):
+            return await self._evaluate(x, y, batch_size=batch_size, verbose=verbose, callbacks=callbacks,
+                                        steps=steps)
+
+    async def _evaluate(self, x, y, *, batch_size, verbose, callbacks, steps) -> dict:
         self._require_compiled("evaluate")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}; it must be an integer >= 1.")
+        _check_int("batch_size", batch_size, 1)
         self.jax_state_sync()  # called from a callback mid-fit: start from the live variables
+        _check_int("steps", steps, 1, allow_none=True)
         source = make_source(x, y, batch_size=batch_size, steps_per_epoch=steps)
         if isinstance(source, AsyncIterableSource):
             await source.prime()
@@ -386,9 +468,13 @@ class Program(keras.Model):
         """Outputs for `x` as NumPy arrays (same input kinds as `fit`)."""
         if unknown:
             raise _unknown_keywords("predict", unknown, ("batch_size", "verbose", "callbacks", "steps"))
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size={batch_size!r}; it must be an integer >= 1.")
+        with self._one_call("predict"):
+            return await self._predict(x, batch_size=batch_size, verbose=verbose, callbacks=callbacks, steps=steps)
+
+    async def _predict(self, x, *, batch_size, verbose, callbacks, steps):
+        _check_int("batch_size", batch_size, 1)
         self.jax_state_sync()
+        _check_int("steps", steps, 1, allow_none=True)
         source = make_source(x, batch_size=batch_size, steps_per_epoch=steps)
         if isinstance(source, AsyncIterableSource):
             await source.prime()
