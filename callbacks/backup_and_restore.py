@@ -238,6 +238,7 @@ class BackupAndRestore(Callback):
         self._last_step = program.step_count
         self._last_time = time.monotonic()
         run.interrupt_handlers.append(self._interrupted)
+        run.value_watchers.append(self._check_write)
         self._install_signal_handlers()
 
     def _restore(self, meta: dict, arrays: dict, program, run) -> None:
@@ -320,8 +321,7 @@ class BackupAndRestore(Callback):
         return meta, dumps(meta), arrays
 
     async def _backup(self) -> None:
-        if self._pending is not None:
-            await self._pending  # one write at a time, in order
+        await self._flush()  # one write at a time, in order; a failed one raises here
         for check in self.run_state.before_backup:
             check()  # e.g. TerminateOnNaN: never back up a poisoned state
         meta, payload, arrays = self._snapshot()
@@ -331,10 +331,18 @@ class BackupAndRestore(Callback):
         self._pending = asyncio.ensure_future(asyncio.to_thread(self._write, self._path(meta), payload, arrays))
         self._pending.add_done_callback(lambda task: task.exception())  # surfaced by the next await
         if self._callback_list is not None and self._callback_list.wants("on_checkpoint"):
-            await self._pending
+            await self._flush()
             await self.notify_checkpoint(ManifestRow(path=self._path(meta), kind="backup", epoch=meta["epoch"],
                                                      step=meta["step_count"],
                                                      seconds=time.perf_counter() - started))
+
+    def _check_write(self, first_step: int, losses, logs) -> None:
+        """After every step: a backup write that failed (a full disk, a lost mount) ends
+        the run now, not at the next backup."""
+        pending = self._pending
+        if pending is not None and pending.done() and not pending.cancelled() and pending.exception() is not None:
+            self._pending = None
+            raise pending.exception()
 
     def _path(self, meta: dict) -> str:
         return os.path.join(self.backup_dir, f"backup-{meta['step_count']:010d}.npz")

@@ -5,7 +5,7 @@ import csv
 import io
 import os
 
-from callbacks.atomic import atomic_write_bytes
+from callbacks.atomic import atomic_write_bytes, remove_stale_temps
 from callbacks.callback import Callback
 from callbacks.threads import in_worker_thread
 
@@ -47,6 +47,7 @@ class CSVLogger(Callback):
         return f"[{self.filepath}]"
 
     def on_train_begin(self, logs=None):
+        remove_stale_temps(self.filepath)  # what a kill left of this callback's writes
         if self._restored:  # resumed: exactly the rows of the backup, rows past it go
             self._restored = False
             self._write()

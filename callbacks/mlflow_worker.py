@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import atexit
 import collections
+import glob
+import hashlib
+import json
 import os
 import threading
 import time
@@ -17,6 +20,31 @@ import warnings
 
 _WORKERS: dict[str, "MlflowWorker"] = {}
 _LOCK = threading.Lock()
+UNREACHABLE_WAIT_S = 2.0  # how long the end of a run waits for a server that is not answering
+
+
+def pending_dir() -> str:
+    """Where operations that could not be sent wait for a later process
+    (`$ASYNCFIT_MLFLOW_PENDING`, default `~/.cache/asyncfit/mlflow-pending`)."""
+    return os.environ.get("ASYNCFIT_MLFLOW_PENDING") or os.path.join(
+        os.path.expanduser("~"), ".cache", "asyncfit", "mlflow-pending")
+
+
+def check_uri(tracking_uri: str | None) -> str:
+    """The resolved URI; a scheme MLflow cannot use fails here, before any step."""
+    uri = resolve_uri(tracking_uri)
+    try:
+        from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+    except ImportError as error:
+        raise ImportError("callbacks.Monitor logs to MLflow, which is not installed: "
+                          "pip install 'asyncfit[mlflow]' (or mlflow).") from error
+
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except Exception as error:
+        raise ValueError(f"Monitor(tracking_uri={uri!r}): MLflow cannot use this URI ({error}). Use an "
+                         "http(s):// server, sqlite:///path.db, a database URI or a folder.") from None
+    return uri
 
 
 def resolve_uri(tracking_uri: str | None) -> str:
@@ -57,9 +85,13 @@ class MlflowWorker:
         self.experiments: dict[str, str] = {}
         self.logged: dict[str, set] = {}  # run id -> {(key, step)} already on the server (resumed runs)
         self.client = None
+        self.unreachable = False  # the last send failed because the server did not answer
+        self.spool_path = os.path.join(pending_dir(), hashlib.sha256(tracking_uri.encode()).hexdigest()[:16]
+                                       + f"-{os.getpid()}.json")
+        self._load_spools()
         self.thread = threading.Thread(target=self._loop, name="asyncfit-mlflow", daemon=True)
         self.thread.start()
-        atexit.register(self.flush, 10.0)
+        atexit.register(self._at_exit)
 
     # -- caller side (any thread) -------------------------------------------------------------
     def declare_run(self, key: str, experiment: str | None, run_name: str | None = None, parent: str | None = None,
@@ -82,6 +114,61 @@ class MlflowWorker:
 
     def run_id(self, key: str) -> str | None:
         return self.runs.get(key)
+
+    # -- operations a server away at the end could not take: kept on disk ----------------------
+    def spool(self) -> int:
+        """Write what is still queued (with how to create its runs) to this process's spool
+        file, JSON only; a later worker for the same URI (a later run, or
+        `Monitor.flush_pending`) sends it. The ops stay queued here too, and the file goes
+        once they are out. Returns the number of operations spooled."""
+        with self.cond:
+            ops = [list(op) for op in self.ops]
+            keys = {op[1] for op in ops}
+            specs = {key: spec for key, spec in self.specs.items() if key in keys}
+            runs = {key: run_id for key, run_id in self.runs.items() if key in keys}
+        if not ops:
+            self._remove_spool()
+            return 0
+        from callbacks.atomic import atomic_write_bytes
+
+        payload = {"tracking_uri": self.tracking_uri, "ops": ops, "specs": specs, "runs": runs}
+        atomic_write_bytes(self.spool_path, json.dumps(payload, default=str).encode())
+        return len(ops)
+
+    def _remove_spool(self) -> None:
+        try:
+            os.remove(self.spool_path)
+        except OSError:
+            pass
+
+    def _load_spools(self) -> None:
+        """Queue what earlier processes left for this URI (their files are taken over)."""
+        prefix = os.path.basename(self.spool_path).rsplit("-", 1)[0]
+        for path in sorted(glob.glob(os.path.join(pending_dir(), f"{prefix}-*.json"))):
+            if path == self.spool_path:
+                continue
+            try:
+                with open(path) as handle:
+                    payload = json.load(handle)
+                os.remove(path)
+            except (OSError, ValueError):
+                continue
+            if payload.get("tracking_uri") != self.tracking_uri:
+                continue
+            self.specs.update(payload.get("specs", {}))
+            for key, run_id in payload.get("runs", {}).items():
+                self.runs[key] = run_id
+                self.logged.setdefault(run_id, None)  # some may have gone out: look before logging again
+            self.ops.extend(tuple(op) for op in payload.get("ops", []))
+        if self.ops:
+            self.spool()  # ours now: kept on disk until sent
+
+    def _at_exit(self) -> None:
+        finished = self.flush(UNREACHABLE_WAIT_S if self.unreachable else 10.0)
+        if finished:
+            self._remove_spool()
+        else:
+            self.spool()
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait (at most `timeout` s) until everything queued has gone out."""
@@ -111,9 +198,11 @@ class MlflowWorker:
             try:
                 self._send(batch)
                 attempt = 0
+                self.unreachable = False
             except Exception as error:
                 if _transient(error):  # the server is away: keep the ops, warn once, retry
                     self.failures += 1
+                    self.unreachable = True
                     if not self.warned:
                         self.warned = True
                         warnings.warn(f"MLflow at {self.tracking_uri} cannot be reached ({type(error).__name__}: "
@@ -264,4 +353,4 @@ def _transient(error: BaseException) -> bool:
                                          "Temporary failure", "503", "502", "504", "database is locked"))
 
 
-__all__ = ["worker_for", "resolve_uri", "MlflowWorker"]
+__all__ = ["worker_for", "resolve_uri", "check_uri", "pending_dir", "MlflowWorker"]

@@ -13,6 +13,7 @@ import warnings
 import keras
 
 from callbacks.callback import Callback, TrainingInterrupted
+from callbacks.mlflow_worker import UNREACHABLE_WAIT_S, check_uri, worker_for
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,7 +72,11 @@ class Monitor(Callback):
         log_epoch_metrics: log every epoch's metrics.
         log_program: save the program as an artifact at the end.
         tags: tags for the run.
-        flush_timeout: the longest `on_train_end` waits for MLflow, in seconds.
+        flush_timeout: the longest `on_train_end` waits for MLflow, in seconds. A server
+            that is not answering gets at most 2 s; what it did not take is kept on disk
+            (`$ASYNCFIT_MLFLOW_PENDING`, default `~/.cache/asyncfit/mlflow-pending`, JSON)
+            and sent by the next run that logs to the same URI, or by
+            `Monitor.flush_pending(tracking_uri)`.
 
     Example:
         ```python
@@ -112,13 +117,14 @@ class Monitor(Callback):
     @property
     def worker(self):
         if self._worker is None:
-            from callbacks.mlflow_worker import worker_for
-
             self._worker = worker_for(self.tracking_uri, self.max_buffer)
         return self._worker
 
     # -- runs ----------------------------------------------------------------------------------
     def _start_run(self, kind: str) -> str:
+        if not getattr(self, "_uri_checked", False):
+            check_uri(self.tracking_uri)  # a URI MLflow cannot use fails here, before the first step
+            self._uri_checked = True
         key = self._context_key
         if key is None or kind != "fit":
             key = f"{kind}:{uuid.uuid4().hex}"
@@ -160,16 +166,33 @@ class Monitor(Callback):
 
     async def _flush(self) -> None:
         worker = self.worker
-        finished = await asyncio.to_thread(worker.flush, self.flush_timeout)
+        # A server that is not answering gets a few seconds, not flush_timeout: what it did
+        # not take is kept on disk for a later run or Monitor.flush_pending().
+        timeout = min(self.flush_timeout, UNREACHABLE_WAIT_S) if worker.unreachable else self.flush_timeout
+        finished = await asyncio.to_thread(worker.flush, timeout)
         if not finished:
-            warnings.warn(f"MLflow did not take everything within {self.flush_timeout}s; "
-                          f"{len(worker.ops)} operations are still queued and go out in the background.")
+            spooled = await asyncio.to_thread(worker.spool)
+            warnings.warn(f"MLflow did not take everything within {timeout:g}s; {spooled} operations are kept in "
+                          f"{worker.spool_path} and go out in the background, with a later run, or with "
+                          "Monitor.flush_pending().")
+        else:
+            worker._remove_spool()
         if worker.dropped:
             warnings.warn(f"MLflow: {worker.dropped} operations were dropped while the server was away "
                           f"(the buffer holds {worker.max_buffer}).")
         self.run_id = worker.run_id(self._key) if self._key else self.run_id
 
     # -- fit ------------------------------------------------------------------------------------
+    @staticmethod
+    def flush_pending(tracking_uri: str | None = None, timeout: float = 30.0) -> int:
+        """Send the operations earlier runs could not (kept on disk when the server was
+        away at their end) to `tracking_uri`; returns how many are still unsent."""
+        worker = worker_for(tracking_uri)
+        if worker.flush(timeout):
+            worker._remove_spool()
+            return 0
+        return worker.spool()
+
     def on_train_begin(self, logs=None):
         key = self._start_run("fit")
         program = self._program

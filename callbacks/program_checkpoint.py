@@ -5,7 +5,7 @@ import os
 import string
 import time
 
-from callbacks.atomic import atomic_write
+from callbacks.atomic import atomic_write, remove_stale_temps
 from callbacks.callback import ManifestRow
 from callbacks.monitor_base import MonitorCallback
 from callbacks.threads import in_worker_thread, to_host
@@ -76,8 +76,18 @@ class ProgramCheckpoint(MonitorCallback):
                 f"ProgramCheckpoint(filepath={self.filepath!r}): unknown format field(s) {unknown}; "
                 f"use epoch, batch or a logged key: {', '.join(keys)}."
             )
+        try:  # a bad format spec ({epoch:zz}) fails here, not at the first save
+            self.filepath.format(**{key: 0.5 for key in keys}, epoch=1, batch=1)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as error:
+            raise ValueError(
+                f"ProgramCheckpoint(filepath={self.filepath!r}) cannot be formatted: {error}. Fields take Python "
+                "format specs: {epoch:02d} (an int), {val_loss:.3f} (a float)."
+            ) from error
         if self.save_best_only:
             super().check_log_keys(keys)
+
+    def on_train_begin(self, logs=None):
+        remove_stale_temps(self.filepath)  # what a kill left of this callback's writes
 
     async def on_train_batch_end(self, batch, logs=None):
         if self.save_freq == "epoch" or self._program.step_count % self.save_freq:

@@ -2,6 +2,8 @@ import os
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+# MLflow operations a test's unreachable server could not take go here, not to ~/.cache.
+os.environ.setdefault("ASYNCFIT_MLFLOW_PENDING", __import__("tempfile").mkdtemp(prefix="asyncfit-pending-"))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402

@@ -240,9 +240,9 @@ class ArraySource(Source):
 
     def fingerprint(self) -> dict:
         leaves = [leaf for leaf in tree.flatten((self.x, self.y, self.sample_weight)) if leaf is not None]
-        # 64 rows spread over the whole data (first and last included), so a change anywhere
+        # 1024 rows spread over the whole data (first and last included), so a change anywhere
         # in a large part of it shows.
-        rows = np.unique(np.linspace(0, self.num_samples - 1, num=min(64, self.num_samples)).astype(np.int64))
+        rows = np.unique(np.linspace(0, self.num_samples - 1, num=min(1024, self.num_samples)).astype(np.int64))
         sample = [np.ascontiguousarray(np.asarray(leaf)[rows]).tobytes() for leaf in leaves]
         import hashlib
 
