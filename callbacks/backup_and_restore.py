@@ -143,6 +143,8 @@ class BackupAndRestore(Callback):
             epoch end; for time-based backups mid-epoch, pass save_freq=1.
         delete_checkpoint: delete the backups when training ends well (kept when
             TerminateOnNaN stopped it, or on an error or a signal).
+        double_checkpoint: accepted for Keras' sake; the two newest backups are always kept
+            (a torn newest one falls back to the other).
         allow_legacy_pickle: read a backup written before format 2, whose metadata is
             pickled (reading a pickle can run code: only for a backup you made yourself).
             Off by default: such a backup is refused with a message. The next backup is
@@ -164,12 +166,17 @@ class BackupAndRestore(Callback):
     hook_order = {"on_train_begin": -100}  # restore before any other callback starts
 
     def __init__(self, backup_dir: str, save_freq="epoch", save_time_interval: float | None = None,
-                 delete_checkpoint: bool = True, keep: int = 2, allow_legacy_pickle: bool = False):
+                 delete_checkpoint: bool = True, keep: int = 2, allow_legacy_pickle: bool = False,
+                 double_checkpoint: bool = True):
         super().__init__()
+        if backup_dir is None or not os.fspath(backup_dir):
+            raise ValueError(f"Empty `backup_dir` argument passed: BackupAndRestore(backup_dir={backup_dir!r}); "
+                             "give the folder for the backups.")
+        self.double_checkpoint = double_checkpoint  # Keras' argument; two backups are always kept
         if save_freq != "epoch" and not (isinstance(save_freq, int) and not isinstance(save_freq, bool)
                                          and save_freq > 0):
-            raise ValueError(f"save_freq={save_freq!r}; use 'epoch' or a number of steps >= 1 "
-                             "(False, which Keras took as 'every batch', is refused).")
+            raise ValueError(f"Invalid value for argument `save_freq`: save_freq={save_freq!r}; use 'epoch' or a "
+                             "number of steps >= 1 (False, which Keras took as 'every batch', is refused).")
         if save_time_interval is not None and save_time_interval <= 0:
             raise ValueError(f"save_time_interval={save_time_interval}; use seconds > 0 or None.")
         self.backup_dir = os.fspath(backup_dir)
@@ -421,12 +428,18 @@ class BackupAndRestore(Callback):
         try:
             await self._flush()
             run = self.run_state
-            if self.delete_checkpoint and not (run is not None and run.keep_backup):
+            delete = self.delete_checkpoint and not (run is not None and run.keep_backup)
+            if delete:
                 for path in self.backups():
                     os.remove(path)
                 fsync_dir(self.backup_dir)
         finally:
             self._end()
+        if delete:
+            try:
+                os.rmdir(self.backup_dir)  # as Keras, the folder goes too, when nothing else is in it
+            except OSError:
+                pass
 
     async def on_train_error(self, error):
         try:

@@ -165,13 +165,17 @@ class Callback:
     @property
     def program(self):
         program = self._program
-        if program is not None:
+        sync = getattr(program, "jax_state_sync", None)
+        if sync is not None:
             # JAX keeps variables in the loop's state mid-epoch; write them back first.
-            program.jax_state_sync()
+            sync()
         return program
 
-    # Keras habit: `self.model` is the same object.
+    # Keras habit: `self.model` is the same object, `set_model` the same wiring.
     model = program
+
+    def set_model(self, model) -> None:
+        self.set_program(model)
 
     @property
     def run_state(self):

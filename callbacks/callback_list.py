@@ -86,14 +86,19 @@ class CallbackList:
             for cb in sorted(self.callbacks, key=lambda cb: _order(cb, hook)):
                 if isinstance(cb, keras.callbacks.Callback) and hook not in KERAS_HOOKS:
                     continue
+                fn = None
                 if overrides(cb, hook):
                     fn = getattr(cb, hook)
-                    entries.append((fn, inspect.iscoroutinefunction(fn)))
                 elif hook in BATCH_ALIASES and overrides(cb, BATCH_ALIASES[hook]):
                     # Keras' older names (on_batch_begin / on_batch_end), which keras.fit
                     # calls through on_train_batch_*; LambdaCallback(on_batch_end=...) too.
                     fn = getattr(cb, BATCH_ALIASES[hook])
-                    entries.append((fn, inspect.iscoroutinefunction(fn)))
+                if fn is None:
+                    continue
+                is_async = inspect.iscoroutinefunction(fn)
+                if isinstance(cb, keras.callbacks.Callback) and not is_async:
+                    fn = self._synced(fn)  # its `self.model` is the program itself: show it the live variables
+                entries.append((fn, is_async))
             self._table[hook] = tuple(entries)
         for cb in self.callbacks:
             if isinstance(cb, Callback):
@@ -103,6 +108,20 @@ class CallbackList:
             self.set_program(program)
         if params is not None:
             self.set_params(params)
+
+    def _synced(self, fn: Callable) -> Callable:
+        """`fn` of a Keras callback, called after the running loop's state is written back
+        into the variables (on JAX it lives outside them), as Keras' JAX trainer does
+        before its callbacks read the model."""
+
+        def call(*args):
+            sync = getattr(self.program, "jax_state_sync", None)
+            if sync is not None:
+                sync()
+            return fn(*args)
+
+        call.__qualname__ = getattr(fn, "__qualname__", "keras_callback_hook")
+        return call
 
     def set_program(self, program) -> None:
         self.program = program

@@ -70,8 +70,8 @@ class CSVLogger(Callback):
 
     def _write(self) -> None:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=self.columns, delimiter=self.separator, restval="",
-                                lineterminator="\n")
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, delimiter=self.separator, restval="NA",
+                                lineterminator="\n")  # a value missing from an epoch's logs: NA, as Keras
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_bytes(self.filepath, buffer.getvalue().encode())

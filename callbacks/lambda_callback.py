@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 
 from callbacks.callback import ALL_HOOKS, Callback
+from callbacks.callback_list import BATCH_ALIASES
 
 
 class LambdaCallback(Callback):
@@ -12,7 +13,10 @@ class LambdaCallback(Callback):
     Args:
         callback_order: where it runs among the callbacks (default 0).
         **hooks: hook name -> function with that hook's arguments, e.g.
-            `on_epoch_end=lambda epoch, logs: ...`, `on_compute_update_end=lambda step, update: False`.
+            `on_epoch_end=lambda epoch, logs: ...`, `on_compute_update_end=lambda step, update: False`;
+            Keras' `on_batch_begin` / `on_batch_end` too. A name starting with `on_` that is no
+            hook is refused (a typo would never run); any other keyword becomes an
+            attribute, as in Keras.
 
     Example:
         ```python
@@ -26,9 +30,13 @@ class LambdaCallback(Callback):
     def __init__(self, callback_order: int = 0, **hooks):
         super().__init__()
         self.callback_order = callback_order
+        known = ALL_HOOKS + tuple(BATCH_ALIASES.values())
         for name, fn in hooks.items():
-            if name not in ALL_HOOKS:
-                close = difflib.get_close_matches(name, ALL_HOOKS, n=1)
+            if name not in known:
+                if not name.startswith("on_"):
+                    setattr(self, name, fn)  # as Keras: any other keyword becomes an attribute
+                    continue
+                close = difflib.get_close_matches(name, known, n=1)  # a misspelt hook would never run
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise TypeError(f"LambdaCallback got {name!r}, which is not a hook.{hint}")
             if not callable(fn):

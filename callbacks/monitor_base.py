@@ -6,6 +6,9 @@ import math
 import re
 import warnings
 
+import keras
+import numpy as np
+
 from callbacks.callback import Callback
 
 # Name fragments whose direction is known (matched on the metric's own name, prefixes removed).
@@ -74,7 +77,11 @@ class MonitorCallback(Callback):
                  baseline: float | None = None):
         super().__init__()
         if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode={mode!r}; use 'auto', 'min' or 'max'.")
+            # As Keras: an unknown mode warns and falls back to "auto".
+            name = getattr(self, "keras_name", type(self).__name__)  # Keras' wording, Keras' class name
+            warnings.warn(f"{name} mode '{mode}' is unknown, fallback to auto mode ({type(self).__name__}: use "
+                          "'auto', 'min' or 'max').", stacklevel=2)
+            mode = "auto"
         self.monitor = monitor
         self.mode = mode
         self.min_delta = abs(min_delta)
@@ -118,9 +125,44 @@ class MonitorCallback(Callback):
             )
         self.direction  # noqa: B018 - resolve 'auto' now, so an unknown direction fails before a step
 
+    @property
+    def monitor_op(self):
+        """`keras.ops.less` or `keras.ops.greater`: how a better value compares (Keras'
+        attribute). Setting it (those, or NumPy's `less` / `greater`) sets the direction."""
+        return keras.ops.less if self.direction == "min" else keras.ops.greater
+
+    @monitor_op.setter
+    def monitor_op(self, op) -> None:
+        if op in (np.less, keras.ops.less):
+            self._direction = "min"
+        elif op in (np.greater, keras.ops.greater):
+            self._direction = "max"
+        else:
+            raise ValueError(f"monitor_op={op!r}; use keras.ops.less (lower is better) or keras.ops.greater.")
+
+    # Keras' names, for code written against keras.callbacks.MonitorCallback
+    def _set_monitor_op(self) -> None:
+        self.direction  # noqa: B018 - resolves 'auto'; an unknown direction raises ValueError
+
+    def _is_improvement(self, current, reference) -> bool:
+        return self.is_better(current, reference)
+
+    @staticmethod
+    def scalar(value):
+        """A monitored value as a float: a one-element vector (an F1Score on one unit)
+        counts as its element, as in Keras; None stays None."""
+        if value is None:
+            return None
+        array = np.asarray(value, dtype=np.float64)
+        if array.size != 1:
+            raise ValueError(f"the monitored value has {array.size} elements; monitor a scalar (or one-element) "
+                             "log key.")
+        return float(array.reshape(()))
+
     def is_better(self, current: float, reference: float | None) -> bool:
         """Whether `current` improves on `reference` by more than `min_delta`."""
-        if current is None or (isinstance(current, float) and math.isnan(current)):
+        current = self.scalar(current)
+        if current is None or math.isnan(current):
             return False
         if reference is None:
             return True

@@ -27,9 +27,13 @@ class ProgramCheckpoint(MonitorCallback):
         monitor: the log key that decides "best" (with `save_best_only`).
         mode: "auto", "min" or "max".
         save_best_only: save only when `monitor` improves on the best so far.
-        save_variables_only: save only the variables (`save_variables`).
-        save_freq: "epoch", or an int N to save every N optimizer steps.
+        save_variables_only: save only the variables (`save_variables`); Keras'
+            `save_weights_only` is accepted too.
+        save_freq: "epoch", or an int N to save every N batches this callback has seen
+            (as Keras counts them; a program trained before does not shift the saves).
         max_to_keep: keep only the newest N files this callback wrote (None keeps all).
+        initial_value_threshold: with `save_best_only`, a value the first save must beat
+            (Keras' argument).
 
     `best` is in `state_dict`, so a resumed run does not overwrite a better checkpoint.
 
@@ -40,10 +44,17 @@ class ProgramCheckpoint(MonitorCallback):
     """
 
     callback_order = 10
+    keras_name = "ModelCheckpoint"  # in messages Keras users search for
 
     def __init__(self, filepath: str, monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,
-                 save_variables_only: bool = False, save_freq="epoch", max_to_keep: int | None = None):
+                 save_variables_only: bool = False, save_freq="epoch", max_to_keep: int | None = None,
+                 initial_value_threshold: float | None = None, save_weights_only: bool | None = None):
         super().__init__(monitor=monitor, mode=mode)
+        if save_weights_only is not None:  # Keras' name for it
+            save_variables_only = save_weights_only
+        self.initial_value_threshold = initial_value_threshold
+        self.best = initial_value_threshold
+        self._batches_seen = 0
         self.filepath = os.fspath(filepath)
         suffix = ".weights.h5" if save_variables_only else ".keras"
         if not self.filepath.endswith(suffix):
@@ -53,7 +64,7 @@ class ProgramCheckpoint(MonitorCallback):
                 f"the path must end in {suffix!r} (or pass {other})."
             )
         if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
-            raise ValueError(f"save_freq={save_freq!r}; use 'epoch' or a number of batches >= 1.")
+            raise ValueError(f"Unrecognized save_freq: {save_freq!r}; use 'epoch' or a number of batches >= 1.")
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep={max_to_keep}; use None (keep all) or >= 1.")
         self.suffix = suffix
@@ -90,7 +101,10 @@ class ProgramCheckpoint(MonitorCallback):
         remove_stale_temps(self.filepath)  # what a kill left of this callback's writes
 
     async def on_train_batch_end(self, batch, logs=None):
-        if self.save_freq == "epoch" or self._program.step_count % self.save_freq:
+        # As Keras: every save_freq batches this callback has seen (across fits), not the
+        # program's global step count.
+        self._batches_seen += 1
+        if self.save_freq == "epoch" or self._batches_seen % self.save_freq:
             return
         run = self.run_state
         await self._save(run.epoch if run else 0, batch + 1, to_host(logs))
@@ -100,11 +114,11 @@ class ProgramCheckpoint(MonitorCallback):
             await self._save(epoch, None, logs or {})
 
     async def _save(self, epoch: int, batch: int | None, logs: dict) -> None:
-        value = logs.get(self.monitor)
+        value = self.scalar(logs.get(self.monitor)) if self.monitor in logs else None
         if self.save_best_only:
             if value is None or not self.is_better(value, self.best):
                 return
-            self.best = float(value)
+            self.best = value
         try:
             path = self.filepath.format(epoch=epoch + 1, batch=batch if batch is not None else 0, **logs)
         except (KeyError, IndexError, ValueError) as error:
@@ -129,8 +143,9 @@ class ProgramCheckpoint(MonitorCallback):
                                                  seconds=seconds))
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "kept": list(self.kept)}
+        return {"best": self.best, "kept": list(self.kept), "batches_seen": self._batches_seen}
 
     def load_state_dict(self, state: dict) -> None:
         self.best = state.get("best")
+        self._batches_seen = int(state.get("batches_seen", 0))
         self.kept = list(state.get("kept", []))

@@ -24,6 +24,12 @@ class TerminateOnNaN(Callback):
 
     Args:
         monitor: "loss", a list of log keys, or True for every logged key.
+        raise_error: as Keras: raise a `RuntimeError` naming the step instead of
+            stopping gracefully (`on_train_error` runs instead of `on_train_end`, and
+            the backups stay).
+
+    The History has no row for the epoch that a NaN ended (no epoch end ran); Keras'
+    History would hold that epoch's running `loss` (nan). `terminated_at` names the step.
 
     Example:
         ```python
@@ -33,8 +39,9 @@ class TerminateOnNaN(Callback):
 
     callback_order = -10  # a guard: look before anyone writes anything
 
-    def __init__(self, monitor="loss"):
+    def __init__(self, monitor="loss", raise_error: bool = False):
         super().__init__()
+        self.raise_error = bool(raise_error)
         if monitor is not True and not isinstance(monitor, (str, list, tuple)):
             raise TypeError(f"monitor={monitor!r}; pass a log key, a list of keys, or True for all keys.")
         self.monitor = monitor
@@ -77,6 +84,13 @@ class TerminateOnNaN(Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.check_pending()
 
+    def _batch_of(self, step: int) -> int:
+        """The index within its epoch of global step `step` (for Keras' "at batch N")."""
+        run, program = self.run_state, self._program
+        if run is None or program is None:
+            return step
+        return max(0, run.batch - 1 - (program.step_count - step))
+
     def check_pending(self) -> None:
         """Check every pending batch now, waiting for the device if needed."""
         while self._pending:
@@ -92,6 +106,10 @@ class TerminateOnNaN(Callback):
                 self._pending.clear()
                 step = first_step + int(bad[0]) if numbers.size > 1 else first_step
                 self.terminated_at = step
+                if self.raise_error:  # Keras' wording, plus the step
+                    what = "loss" if key == "loss" else f"value of {key!r}"
+                    raise RuntimeError(f"NaN or Inf {what} encountered at batch {self._batch_of(step)} (step {step}). "
+                                       f"Loss value: {numbers[bad[0]]}. Terminating training immediately.")
                 raise StopTraining(f"{key} is {numbers[bad[0]]} at step {step}; stopped by TerminateOnNaN",
                                    keep_backup=True)
 

@@ -118,8 +118,9 @@ async def main() -> None:
     history = await program.fit(x, y, epochs=6, validation_split=0.2, seed=0, verbose=0, callbacks=backup)
     print(f"resumed from {os.path.basename(backup[0].restored_from)}; History epochs {history.epoch}; "
           f"{program.step_count} steps in all")
-    reference = build_program()
-    await reference.fit(x, y, epochs=6, validation_split=0.2, seed=0, verbose=0)
+    reference = build_program()  # the same callbacks (EarlyStopping restores its best variables at the end)
+    await reference.fit(x, y, epochs=6, validation_split=0.2, seed=0, verbose=0,
+                        callbacks=standard_callbacks("reference"))
     same = all(np.allclose(a, b, atol=1e-6) for a, b in zip(program.get_variables(), reference.get_variables()))
     print("same variables as an uninterrupted run:", same)
     if not same:

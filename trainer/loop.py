@@ -35,6 +35,7 @@ import time
 import warnings
 from typing import Any, Callable
 
+import keras
 import numpy as np
 from keras import tree
 
@@ -273,6 +274,12 @@ class Engine:
             await hooks.fire_error(error)
             self._finish()
             raise
+        try:
+            await self.backend(self._finalize_optimizer)
+        except BaseException as error:
+            await hooks.fire_error(error)
+            self._finish()
+            raise
         if hooks.wants("on_train_end"):
             try:
                 await hooks.fire_all("on_train_end", epoch_logs)  # every callback cleans up
@@ -367,6 +374,16 @@ class Engine:
         raise TrainingInterrupted(f"{run.interrupted} received: the step finished (epoch {run.epoch}, "
                                   f"batch {run.batch}, step {self.program.step_count}); run again to resume "
                                   "from the backup.")
+
+    def _finalize_optimizer(self) -> None:
+        """As Keras' fit at its end: an optimizer with `use_ema=True` puts the moving
+        averages into the trainable variables (before on_train_end; not after an error or
+        a cancellation, which leave the last applied step)."""
+        program = self.program
+        optimizer = getattr(program, "optimizer", None)
+        if isinstance(optimizer, keras.optimizers.Optimizer) and getattr(optimizer, "use_ema", False):
+            self.stepper.push()
+            optimizer.finalize_variable_values(program.trainable_weights)
 
     def _finish(self) -> None:
         self.stepper.push()

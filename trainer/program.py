@@ -432,18 +432,26 @@ class Program(keras.Model):
 
     def _callback_list(self, callbacks: list, verbose: int) -> CallbackList:
         entries = list(callbacks)
-        if verbose:
-            entries.append(ProgressBar(verbose=verbose))
+        if verbose and not any(isinstance(cb, keras.callbacks.ProgbarLogger) for cb in entries):
+            entries.append(ProgressBar(verbose=verbose))  # as Keras: a user's ProgbarLogger replaces ours
         return CallbackList(entries, program=self)
 
     async def evaluate(self, x=None, y=None, *, batch_size: int = 32, verbose="auto", callbacks=None,
-                       steps: int | None = None, **unknown) -> dict:
-        """Evaluate on `x`, `y`; returns `{metric: value}` (same inputs as `fit`)."""
+                       steps: int | None = None, return_dict: bool = True, **unknown) -> dict:
+        """Evaluate on `x`, `y`; returns `{metric: value}` (same inputs as `fit`).
+
+        `return_dict=False` gives Keras' other form: the loss alone when nothing else
+        is logged, else the list of values in the logged order."""
         if unknown:
-            raise _unknown_keywords("evaluate", unknown, ("batch_size", "verbose", "callbacks", "steps"))
+            raise _unknown_keywords("evaluate", unknown, ("batch_size", "verbose", "callbacks", "steps",
+                                                          "return_dict"))
         with self._one_call("evaluate"):
-            return await self._evaluate(x, y, batch_size=batch_size, verbose=verbose, callbacks=callbacks,
+            logs = await self._evaluate(x, y, batch_size=batch_size, verbose=verbose, callbacks=callbacks,
                                         steps=steps)
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
 
     async def _evaluate(self, x, y, *, batch_size, verbose, callbacks, steps) -> dict:
         self._require_compiled("evaluate")
