@@ -99,6 +99,9 @@ TRAIN_HOOKS = (
     "on_eval",
 )
 TEST_HOOKS = ("on_test_begin", "on_test_batch_begin", "on_test_batch_end", "on_test_end")
+# Evaluation results: a digest preview or final (evaluate(digest_every=N) / return_digest),
+# a benchmark scored (in the loop, or after a run in an experiment).
+EVAL_HOOKS = ("on_digest", "on_benchmark_eval")
 PREDICT_HOOKS = ("on_predict_begin", "on_predict_batch_begin", "on_predict_batch_end", "on_predict_end")
 EXPERIMENT_HOOKS = (
     "on_experiment_begin",
@@ -108,7 +111,7 @@ EXPERIMENT_HOOKS = (
     "on_group_end",
     "on_experiment_end",
 )
-ALL_HOOKS = TRAIN_HOOKS + TEST_HOOKS + PREDICT_HOOKS + EXPERIMENT_HOOKS
+ALL_HOOKS = TRAIN_HOOKS + TEST_HOOKS + EVAL_HOOKS + PREDICT_HOOKS + EXPERIMENT_HOOKS
 # The subset that keras.callbacks.Callback also defines (same names, same arguments).
 KERAS_HOOKS = (
     "on_train_begin",
@@ -259,6 +262,16 @@ class Callback:
 
     def on_test_end(self, logs=None):
         pass
+
+    # -- hooks: evaluation results -----------------------------------------------------
+    def on_digest(self, digest):
+        """`evaluate(digest_every=N)`: the running `trainer.Digest` every N batches
+        (`digest.final` False) and once at the end (True); also with `return_digest=True`."""
+
+    def on_benchmark_eval(self, ctx, result, predictions, step=None):
+        """A `trainer.Benchmark` was scored: `ctx` the ExperimentContext or None, `result`
+        (`name`, `metrics`, `tags`, `step`), `predictions` a DataFrame (`index`, `y_true`,
+        `y_pred`) or None, `step` the program's step_count in the loop, None after training."""
 
     def on_predict_begin(self, logs=None):
         pass

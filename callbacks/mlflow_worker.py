@@ -316,6 +316,10 @@ class MlflowWorker:
             self._send_trace(client, self._run(key), self._experiment_id(self.specs[key]["experiment"]), op[2])
         elif kind == "end":
             client.set_terminated(self._run(key), op[2])
+        elif kind == "table":
+            import pandas as pd
+
+            client.log_table(self._run(key), data=pd.DataFrame(op[2]), artifact_file=op[3])
         else:
             raise ValueError(f"unknown MLflow operation {kind!r}")
 

@@ -321,6 +321,22 @@ class Monitor(Callback):
     def on_run_end(self, ctx, run_result):
         self._context_key = None
 
+    def on_benchmark_eval(self, ctx, result, predictions, step=None):
+        """A benchmark's metrics as `bench/{name}/{metric}` at its step (0 after training)
+        and its predictions as an MLflow table `benchmarks/{name}-step{step}.json`."""
+        key = (ctx.ids.get("mlflow_run_key") if ctx is not None and getattr(ctx, "ids", None) else None) \
+            or self._key or self._context_key
+        if key is None:
+            return
+        metrics = {f"bench/{result.name}/{k}": v for k, v in _floats(result.metrics).items()}
+        self.worker.submit(("metrics", key, metrics, 0 if step is None else int(step), int(time.time() * 1000)))
+        if result.tags:
+            self.worker.submit(("tags", key, {f"bench.{result.name}.{k}": v for k, v in result.tags.items()}))
+        if predictions is not None:
+            table = {column: predictions[column].tolist() for column in predictions.columns}
+            label = "final" if step is None else int(step)
+            self.worker.submit(("table", key, table, f"benchmarks/{result.name}-step{label}.json"))
+
     def on_group_end(self, ctx, group):
         self.worker.submit(("end", ctx.ids["mlflow_group_key"], "FINISHED"))
 

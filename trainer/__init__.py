@@ -3,6 +3,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
+from trainer.benchmark import Benchmark, BenchmarkResult  # noqa: E402
+from trainer.digest import Digest  # noqa: E402
 from trainer.experiment import Experiment, ExperimentContext, ExperimentResult, RunResult  # noqa: E402
 from trainer.history import History  # noqa: E402
 from trainer.observability import disable_observability, enable_observability  # noqa: E402
@@ -31,6 +33,6 @@ def load_program(path: str, custom_objects: dict | None = None, compile: bool = 
 
 __all__ = [
     "Program", "FunctionalProgram", "SequentialProgram", "History", "load_program",
-    "Experiment", "ExperimentContext", "ExperimentResult", "RunResult",
+    "Experiment", "ExperimentContext", "ExperimentResult", "RunResult", "Benchmark", "BenchmarkResult", "Digest",
     "enable_observability", "disable_observability",
 ]

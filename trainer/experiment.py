@@ -19,6 +19,8 @@ from callbacks.atomic import atomic_write, atomic_write_bytes
 from callbacks.callback import TEST_HOOKS, TRAIN_HOOKS, overrides
 from callbacks.callback_list import CallbackList
 from callbacks.monitor_base import metric_direction
+from trainer.benchmark import Benchmark
+from trainer.benchmark import score as score_benchmark
 
 FIT_HOOKS = TRAIN_HOOKS + TEST_HOOKS  # what one fit call fires (validation included)
 
@@ -61,6 +63,7 @@ class RunResult:
     stages: list = dataclasses.field(default_factory=list)
     program: Any = None
     traceback: str | None = None
+    benchmarks: dict = dataclasses.field(default_factory=dict)  # name -> metrics, scored after training
 
     def final(self) -> dict:
         return {k: v[-1] for k, v in self.history.items() if v}
@@ -78,6 +81,8 @@ class RunResult:
         row = {"arm": self.arm, "repeat": self.repeat, "seed": self.seed, "status": self.status,
                "epochs": self.epochs, "wall_time": round(self.wall_time, 4), "error": self.error or ""}
         row.update({f"final_{k}": v for k, v in self.final().items()})
+        for name, metrics in self.benchmarks.items():
+            row.update({f"bench_{name}_{k}": v for k, v in metrics.items()})
         row.update({f"best_{k}": v for k, v in self.best().items()})
         return row
 
@@ -164,6 +169,9 @@ class Experiment:
             the runs that finished well.
         seed: the experiment's base seed; run seeds derive from it, the arm and the repeat.
         fail_fast: stop at the first failing run (default: record it and go on).
+        benchmarks: `{name: trainer.Benchmark(x, y)}` scored after each run's training:
+            `on_benchmark_eval(ctx, result, predictions, step=None)` on the experiment's
+            callbacks, and `bench_{name}_{metric}` columns in `to_dataframe()`.
 
     Example:
         ```python
@@ -180,7 +188,7 @@ class Experiment:
 
     def __init__(self, name: str, build: Callable[[dict], Any], arms: dict[str, dict], n_repeats: int = 1,
                  stages: list[dict] | None = None, output_dir: str | None = None, seed: int = 0,
-                 fail_fast: bool = False):
+                 fail_fast: bool = False, benchmarks: dict | None = None):
         if not arms:
             raise ValueError("arms is empty; pass {arm_name: config} with at least one arm.")
         if n_repeats < 1:
@@ -195,6 +203,10 @@ class Experiment:
         self.output_dir = os.fspath(output_dir) if output_dir is not None else None
         self.seed = seed
         self.fail_fast = fail_fast
+        self.benchmarks = dict(benchmarks or {})
+        for name, benchmark in self.benchmarks.items():
+            if not isinstance(benchmark, Benchmark):
+                raise TypeError(f"benchmarks[{name!r}] is a {type(benchmark).__name__}; give trainer.Benchmark(x, y).")
 
     def run_seed(self, arm: str, repeat: int) -> int:
         """The seed of one run: reproducible, distinct across arms and repeats."""
@@ -241,7 +253,7 @@ class Experiment:
                                           run_config=dict(self.arms[arm]))
                 await shared.fire("on_run_begin", run_ctx)
                 result = await self._train(run_ctx, x, y, shared if max_concurrency == 1 else None,
-                                           run_callbacks, fit_kwargs)
+                                           run_callbacks, fit_kwargs, experiment_hooks=shared)
                 runs[key] = result
                 await shared.fire("on_run_end", run_ctx, result)
                 self._save_results(runs)
@@ -263,7 +275,7 @@ class Experiment:
         return result
 
     async def _train(self, ctx: ExperimentContext, x, y, shared: CallbackList | None, run_callbacks,
-                     fit_kwargs: dict) -> RunResult:
+                     fit_kwargs: dict, experiment_hooks: CallbackList | None = None) -> RunResult:
         started = time.perf_counter()
         result = RunResult(arm=ctx.arm, repeat=ctx.repeat, seed=ctx.seed, status="ok")
         stages = ctx.run_config.get("stages", self.stages) or [{}]
@@ -281,6 +293,7 @@ class Experiment:
                 kwargs = {"x": x, "y": y, "verbose": 0, **fit_kwargs,
                           **{k: v for k, v in stage.items() if k != "name"}}
                 kwargs.setdefault("seed", ctx.seed)
+                program.__dict__["_asyncfit_experiment_ctx"] = stage_ctx  # for on_benchmark_eval in the loop
                 fit_callbacks = list(shared.callbacks) if shared is not None else []
                 if run_callbacks is not None:
                     fit_callbacks += list(run_callbacks(stage_ctx))
@@ -292,6 +305,10 @@ class Experiment:
                 if run_dir is not None and index + 1 < len(stages):
                     self._save_stage_state(program, run_dir, index + 1, result)
             result.program = program
+            for name, benchmark in self.benchmarks.items():  # after training: step None
+                scored = await score_benchmark(program, name, benchmark, hooks=experiment_hooks, ctx=ctx, step=None,
+                                               batch_size=fit_kwargs.get("batch_size", 32))
+                result.benchmarks[name] = scored.metrics
         except Exception as error:  # a failing run is recorded; the experiment goes on
             result.status = "failed"
             result.error = f"{type(error).__name__}: {error}"

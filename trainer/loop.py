@@ -43,7 +43,9 @@ from callbacks.callback import StopTraining, TrainingInterrupted, Update
 from callbacks.callback_list import CallbackList
 from callbacks.threads import FAST_GIL_HANDOFF, in_worker_thread, to_host
 from trainer.backends import make_stepper
+from trainer.benchmark import score as score_benchmark
 from trainer.data import ArraySource, Source
+from trainer.digest import DigestCollector
 from trainer.run_settings import with_run_settings
 
 YIELD_EVERY_S = 0.002
@@ -431,6 +433,12 @@ class Engine:
         val_logs = {}
         for name, source in validation.items():
             metrics = await self.evaluate(source)
+            benchmark = getattr(source, "benchmark", None)
+            if benchmark is not None:  # its predictions, and on_benchmark_eval at this step
+                program = self.program
+                await score_benchmark(program, name, benchmark, hooks=self.callbacks, metrics=metrics,
+                                      ctx=program.__dict__.get("_asyncfit_experiment_ctx"),
+                                      step=program.step_count)
             prefix = "val_" if name == "val" else f"val_{name}_"
             val_logs.update({prefix + key: value for key, value in metrics.items()})
             if self.callbacks.wants("on_eval"):
@@ -439,8 +447,10 @@ class Engine:
 
     # -- evaluation and prediction ------------------------------------------------------------
     @engine_entry
-    async def evaluate(self, source: Source) -> dict:
+    async def evaluate(self, source: Source, digest: bool = False, digest_every: int | None = None):
+        """The metrics after one pass over `source`; with `digest`, `(metrics, Digest)`."""
         hooks, stepper = self.callbacks, self.stepper
+        collector = DigestCollector() if digest else None
         await self.backend(stepper.begin_eval)
         await self.pacer.breathe()
         if hooks.wants("on_test_begin"):
@@ -452,6 +462,11 @@ class Engine:
             logs = await self.run("test", batch, stepper.test_step, batch)
             if hooks.wants("on_test_batch_end"):
                 await hooks.fire("on_test_batch_end", index, logs)
+            if collector is not None:  # a host copy per batch: only when a digest was asked for
+                await self.pacer.settle(logs)
+                collector.add(await self.backend(to_host, logs), _first_dim(batch[0]))
+                if digest_every and (index + 1) % digest_every == 0 and hooks.wants("on_digest"):
+                    await hooks.fire("on_digest", collector.digest(final=False))
             await self.pacer.tick(logs)
         if logs is None:
             raise ValueError("the evaluation data gave no batch; pass at least one sample.")
@@ -459,7 +474,12 @@ class Engine:
         logs = await self.backend(to_host, logs)
         if hooks.wants("on_test_end"):
             await hooks.fire("on_test_end", logs)
-        return logs
+        if collector is None:
+            return logs
+        final = collector.digest(final=True)
+        if hooks.wants("on_digest"):
+            await hooks.fire("on_digest", final)
+        return logs, final
 
     @engine_entry
     async def predict(self, source: Source):
@@ -482,6 +502,10 @@ class Engine:
         if hooks.wants("on_predict_end"):
             await hooks.fire("on_predict_end", None)
         return result
+
+
+def _first_dim(x) -> int:
+    return int(next(leaf for leaf in tree.flatten(x) if leaf is not None).shape[0])
 
 
 def _as_batch(batch) -> tuple:

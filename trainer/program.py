@@ -17,6 +17,7 @@ from keras.src.models.model import functional_init_arguments
 from callbacks.callback_list import CallbackList
 from callbacks.progress_bar import ProgressBar, resolve_verbose
 from trainer.backends import on_backend_thread
+from trainer.benchmark import Benchmark
 from trainer.data import ArraySource, AsyncIterableSource, Source, make_source
 from trainer.history import History
 from trainer.keras_saving import cache_keras_skipsets, save_keras_file, save_weights_file
@@ -413,6 +414,11 @@ class Program(keras.Model):
             validation_data = {name: tuple(data) if isinstance(data, list) else data
                                for name, data in validation_data.items()}
             for name, data in validation_data.items():
+                if isinstance(data, Benchmark):
+                    if data.y is None:
+                        raise ValueError(f"validation_data[{name!r}] is a Benchmark without y; a named evaluator "
+                                         "needs targets to score (Experiment(benchmarks=...) takes one without).")
+                    continue
                 if not isinstance(data, tuple):
                     raise ValueError(
                         f"validation_data[{name!r}] is a {type(data).__name__}; a dict of validation data "
@@ -423,6 +429,10 @@ class Program(keras.Model):
 
     @staticmethod
     def _one_validation(data, batch_size: int) -> Source:
+        if isinstance(data, Benchmark):
+            source = make_source(data.x, data.y, batch_size=data.batch_size or batch_size)
+            source.benchmark = data  # scored with its predictions at every validation (trainer/benchmark.py)
+            return source
         if isinstance(data, tuple):
             if len(data) not in (2, 3):
                 raise ValueError(f"validation_data must be (x, y) or (x, y, sample_weight); got {len(data)} items.")
@@ -437,23 +447,36 @@ class Program(keras.Model):
         return CallbackList(entries, program=self)
 
     async def evaluate(self, x=None, y=None, *, batch_size: int = 32, verbose="auto", callbacks=None,
-                       steps: int | None = None, return_dict: bool = True, **unknown) -> dict:
+                       steps: int | None = None, return_dict: bool = True, return_digest: bool = False,
+                       digest_every: int | None = None, **unknown):
         """Evaluate on `x`, `y`; returns `{metric: value}` (same inputs as `fit`).
 
         `return_dict=False` gives Keras' other form: the loss alone when nothing else
-        is logged, else the list of values in the logged order."""
+        is logged, else the list of values in the logged order.
+
+        `return_digest=True` returns a `trainer.Digest` instead: mean, variance and a
+        standard error corrected for correlated batches (blocking) of every logged name,
+        from the per-batch values. `digest_every=N` fires `on_digest(digest)` on the
+        callbacks every N batches with the running digest (`final=False`) and once at the
+        end (`final=True`). Without either, nothing extra is computed."""
         if unknown:
             raise _unknown_keywords("evaluate", unknown, ("batch_size", "verbose", "callbacks", "steps",
-                                                          "return_dict"))
+                                                          "return_dict", "return_digest", "digest_every"))
+        _check_int("digest_every", digest_every, 1, allow_none=True)
         with self._one_call("evaluate"):
             logs = await self._evaluate(x, y, batch_size=batch_size, verbose=verbose, callbacks=callbacks,
-                                        steps=steps)
+                                        steps=steps, digest=bool(return_digest) or digest_every is not None,
+                                        digest_every=digest_every)
+        if return_digest:
+            return logs[1]
+        if isinstance(logs, tuple):
+            logs = logs[0]
         if return_dict:
             return logs
         values = list(logs.values())
         return values[0] if len(values) == 1 else values
 
-    async def _evaluate(self, x, y, *, batch_size, verbose, callbacks, steps) -> dict:
+    async def _evaluate(self, x, y, *, batch_size, verbose, callbacks, steps, digest=False, digest_every=None):
         self._require_compiled("evaluate")
         _check_int("batch_size", batch_size, 1)
         self.jax_state_sync()  # called from a callback mid-fit: start from the live variables
@@ -467,7 +490,7 @@ class Program(keras.Model):
                                      program=self)
         callback_list.set_params({"steps": source.steps(), "batch_size": batch_size, "verbose": verbose})
         engine = Engine(self, callback_list)
-        logs = await engine.evaluate(source)
+        logs = await engine.evaluate(source, digest=digest, digest_every=digest_every)
         engine.stepper.push()
         return logs
 
