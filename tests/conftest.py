@@ -10,6 +10,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from callbacks import Callback  # noqa: E402
 from trainer import Program  # noqa: E402
 
 BACKEND = keras.backend.backend()
@@ -56,3 +57,16 @@ def weights_of(program) -> list:
 @pytest.fixture
 def program():
     return make_program()
+
+
+class CrashAt(Callback):
+    """Raises RuntimeError("simulated crash") when the program reaches step `step`."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._program.step_count == self.step:
+            raise RuntimeError("simulated crash")
+

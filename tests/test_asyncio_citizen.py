@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from callbacks import BackupAndRestore, Callback, CSVLogger, EarlyStopping, ProgramCheckpoint
-from conftest import BACKEND, make_program, weights_of
+from conftest import BACKEND, CrashAt, make_program, weights_of
 
 
 class Slow(Callback):
@@ -194,16 +194,6 @@ def test_processes_starting_at_the_same_instant_get_one_lock(tmp_path):
 
 
 # 6. the fingerprint ------------------------------------------------------------------------------------
-
-class CrashAt(Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.program.step_count == self.step:
-            raise RuntimeError("crash")
-
 
 @pytest.mark.parametrize("change, field", [
     ({"batch_size": 16}, "dataset.batch_size"), ({"shuffle": False}, "dataset.shuffle"),

@@ -11,7 +11,7 @@ import pytest
 
 from callbacks import (BackupAndRestore, Callback, CSVLogger, EarlyStopping, LambdaCallback, ProgramCheckpoint,
                        StopTraining, TerminateOnNaN)
-from conftest import make_program, weights_of
+from conftest import CrashAt, make_program, weights_of
 from trainer import load_program
 
 
@@ -138,16 +138,6 @@ async def test_checkpoint_unknown_field_fails_before_a_step(toy, tmp_path):
 
 
 # -- BackupAndRestore (in process; test_crash.py kills real processes) ------------------------------
-
-class CrashAt(Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self._program.step_count == self.step:
-            raise RuntimeError("simulated crash")
-
 
 async def test_resume_mid_epoch_equals_an_uninterrupted_run(toy, tmp_path):
     x, y = toy

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from callbacks import BackupAndRestore, Callback, PredictionsWriter
-from conftest import make_program
+from conftest import CrashAt, make_program
 from trainer import Benchmark, Digest, Experiment
 from trainer.digest import blocking
 
@@ -110,16 +110,6 @@ async def test_experiment_benchmarks_run_after_training_with_step_none(toy):
     assert [(ctx.arm, step) for ctx, _, _, step in record.benchmarks] == [("a", None), ("b", None)]
     assert all(len(predictions) == 40 for _, _, predictions, _ in record.benchmarks)
     assert "bench_hold_loss" in result.to_dataframe().columns
-
-
-class CrashAt(Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.program.step_count == self.step:
-            raise RuntimeError("crash")
 
 
 async def test_predictions_writer_after_a_kill_and_resume_has_each_step_once(toy, tmp_path):

@@ -13,17 +13,7 @@ from callbacks import (BackupAndRestore, Callback, CSVLogger, EarlyStopping, Mon
 from callbacks.backup_and_restore import BACKUP_FORMAT, global_rng_state, set_global_rng_state
 from callbacks.history import History
 from callbacks.safe_state import UnsafeStateError, decode, dumps, encode, loads
-from conftest import BACKEND, make_program, weights_of
-
-
-class CrashAt(Callback):
-    def __init__(self, step):
-        super().__init__()
-        self.step = step
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.program.step_count == self.step:
-            raise RuntimeError("crash")
+from conftest import BACKEND, CrashAt, make_program, weights_of
 
 
 class Holds(Callback):
