@@ -19,6 +19,7 @@ import numpy as np
 
 from callbacks import BackupAndRestore, CSVLogger, EarlyStopping, ProgramCheckpoint, TerminateOnNaN
 from trainer import Program
+from trainer.loop import wait_for_background_compiles
 
 # Best of N, the contenders taking turns. A round of the MLP takes under a second on JAX,
 # so it gets more rounds there: (d) / (a) subtracts two timings, and extra rounds steady it.
@@ -138,6 +139,7 @@ def measure(build, x, y, batch_size: int, epochs: int, with_callbacks: bool = Tr
     model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0)
     program = build(Program)
     asyncio.run(program.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, seed=0))
+    wait_for_background_compiles()  # the fused chunk compiles in the background after a first fit
     runs = {
         "a": raw,
         "b": lambda: model.fit(x, y, batch_size=batch_size, epochs=epochs, verbose=0),

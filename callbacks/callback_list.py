@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from callbacks.callback import ALL_HOOKS, KERAS_HOOKS, Callback, StopTraining, Update, overrides
+from callbacks.threads import to_host
 
 
 class CallableCallback(Callback):
@@ -112,12 +113,20 @@ class CallbackList:
     def _synced(self, fn: Callable) -> Callable:
         """`fn` of a Keras callback, called after the running loop's state is written back
         into the variables (on JAX it lives outside them), as Keras' JAX trainer does
-        before its callbacks read the model."""
+        before its callbacks read the model, with its logs as Python numbers (Keras'
+        CallbackList pythonifies them too)."""
 
         def call(*args):
             sync = getattr(self.program, "jax_state_sync", None)
             if sync is not None:
                 sync()
+            if args and isinstance(args[-1], dict):
+                # As Keras' CallbackList: Python numbers, not tensors; in place, since Keras
+                # callbacks add keys (LearningRateScheduler's learning_rate) for later ones.
+                logs = args[-1]
+                device = {k: v for k, v in logs.items() if not isinstance(v, (int, float, str, list))}
+                if device:
+                    logs.update(to_host(device))
             return fn(*args)
 
         call.__qualname__ = getattr(fn, "__qualname__", "keras_callback_hook")

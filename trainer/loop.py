@@ -8,7 +8,7 @@ Every hook's call site is in this file, in the order of DESIGN.md:
             [on_compute_update_begin, compute, on_compute_update_end]* (retry on reject)
             before_parameter_update, apply (step_count += 1)
             on_train_batch_end
-        validation: on_test_* (+ on_eval per named evaluator)
+        validation: on_test_* (+ on_eval per named evaluator, on_benchmark_eval per Benchmark)
         on_epoch_end
     on_train_end | on_train_error
 
@@ -59,6 +59,12 @@ PER_BATCH_HOOKS = STEP_STAGE_HOOKS + ("on_train_batch_begin", "on_train_batch_en
 
 
 BACKGROUND_COMPILES = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncfit-compile")
+
+
+def wait_for_background_compiles() -> None:
+    """Block until the compiles started in the background are done (benchmarks use it so
+    a warm-up's compile does not run into the next measurement)."""
+    BACKGROUND_COMPILES.submit(lambda: None).result()
 
 
 def _in_background(compile_job) -> None:
