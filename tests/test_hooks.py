@@ -509,8 +509,14 @@ async def test_rejected_attempts_do_not_move_batchnorm_statistics(toy):
         np.testing.assert_allclose(np.asarray(va), np.asarray(vb), rtol=1e-6)
 
 
-async def test_fused_chunks_equal_single_steps(toy):
-    """With no per-batch hook, JAX runs 16 steps per dispatch (lax.scan); results must not change."""
+@pytest.mark.parametrize("at_once", [True, False], ids=["chunks-from-the-start", "chunks-when-they-pay"])
+async def test_fused_chunks_equal_single_steps(toy, monkeypatch, at_once):
+    """With no per-batch hook, JAX runs 16 steps per dispatch (lax.scan); results must not change,
+    whether the chunk is compiled at once or (as by default) trains as single steps until its
+    compile pays and is ready."""
+    import trainer.loop
+
+    monkeypatch.setattr(trainer.loop, "CHUNKS_AT_ONCE", at_once)
     x = np.concatenate([toy[0]] * 5)[:1000]  # 31 full batches + a partial one: chunks, singles, a remainder
     y = np.concatenate([toy[1]] * 5)[:1000]
 
@@ -527,3 +533,5 @@ async def test_fused_chunks_equal_single_steps(toy):
     np.testing.assert_allclose(h1.history["val_loss"], h2.history["val_loss"], rtol=1e-6)
     for a, b in zip(weights_of(chunked), weights_of(single)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    if at_once and keras.backend.backend() == "jax":  # the chunk did run
+        assert any(kind == "chunk" for kind, _ in chunked.__dict__["_asyncfit_compiled"]["jax_seen"])

@@ -92,8 +92,12 @@ class Stepper:
         self.eval_metrics = None
         self._stale = True  # the variables may be newer than self.state
         self._synced = True  # the variables hold self.state
-        self.seen: set = set()
-        self.background: dict = {}  # signature -> a compile running in the background
+        # Kept with the compiled functions, so a program's later fits know what is compiled
+        # (and compile() forgets it with them).
+        self.seen: set = cache.setdefault("jax_seen", set())
+        self.background: dict = cache.setdefault("jax_background", {})  # signature -> a compile under way
+        self.compile_seconds: dict = cache.setdefault("jax_compile_seconds", {})  # kind -> seconds it took
+        self.single_seconds: dict = cache.setdefault("jax_single_seconds", {})  # chunk signature -> seconds
 
     # -- state ---------------------------------------------------------------------
     def _pull(self):
