@@ -3,17 +3,15 @@ import asyncio
 import glob
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-import keras
 import numpy as np
 import pytest
 
-from callbacks import BackupAndRestore, Callback, CSVLogger, EarlyStopping, ProgramCheckpoint
-from conftest import BACKEND, CrashAt, make_program, weights_of
+from callbacks import BackupAndRestore, Callback, CSVLogger, ProgramCheckpoint
+from conftest import CrashAt, make_program, weights_of
 
 
 class Slow(Callback):

@@ -6,7 +6,6 @@ import pytest
 
 from keras.src import layers
 from keras.src import metrics
-from keras.src import models
 from keras.src import saving
 from keras.src import testing
 from callbacks import ProgramCheckpoint
