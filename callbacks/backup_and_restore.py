@@ -30,6 +30,8 @@ _PICKLE_FORMAT = 1
 
 class LegacyBackupError(ValueError):
     """A backup in the old pickled format, refused unless `allow_legacy_pickle=True`."""
+
+
 _NAME = re.compile(r"backup-(\d+)\.npz$")
 
 
