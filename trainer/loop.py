@@ -42,7 +42,7 @@ from keras import tree
 from callbacks.callback import StopTraining, TrainingInterrupted, Update
 from callbacks.callback_list import CallbackList
 from callbacks.threads import FAST_GIL_HANDOFF, in_worker_thread, to_host
-from trainer.backends import make_stepper
+from trainer.backends import first_dim, make_stepper
 from trainer.benchmark import score as score_benchmark
 from trainer.data import ArraySource, Source
 from trainer.digest import DigestCollector
@@ -74,21 +74,6 @@ def wait_for_background_compiles() -> None:
 def _in_background(compile_job) -> None:
     with FAST_GIL_HANDOFF.held():  # its tracing holds the GIL: hand it back to the loop often
         compile_job()
-
-
-def engine_entry(method):
-    """Decorator for the engine's entry points: the process-wide run settings
-    (trainer/run_settings.py), plus the fast GIL hand-off where steps run in a thread."""
-    method = with_run_settings(method)
-
-    @functools.wraps(method)
-    async def wrapper(self, *args, **kwargs):
-        if not self.stepper.off_loop:
-            return await method(self, *args, **kwargs)
-        with FAST_GIL_HANDOFF.held():
-            return await method(self, *args, **kwargs)
-
-    return wrapper
 
 
 class Pacer:
@@ -200,7 +185,7 @@ class Engine:
         return fn(*args)
 
     # -- training ------------------------------------------------------------------------
-    @engine_entry
+    @with_run_settings
     async def fit(self, run: RunState, *, initial_epoch: int, validation_freq: int, max_attempts: int) -> dict:
         program, hooks, stepper = self.program, self.callbacks, self.stepper
         source, validation, epochs = run.source, run.validation, run.epochs
@@ -477,7 +462,7 @@ class Engine:
         return val_logs
 
     # -- evaluation and prediction ------------------------------------------------------------
-    @engine_entry
+    @with_run_settings
     async def evaluate(self, source: Source, digest: bool = False, digest_every: int | None = None):
         """The metrics after one pass over `source`; with `digest`, `(metrics, Digest)`."""
         hooks, stepper = self.callbacks, self.stepper
@@ -495,7 +480,7 @@ class Engine:
                 await hooks.fire("on_test_batch_end", index, logs)
             if collector is not None:  # a host copy per batch: only when a digest was asked for
                 await self.pacer.settle(logs)
-                collector.add(await self.backend(to_host, logs), _first_dim(batch[0]))
+                collector.add(await self.backend(to_host, logs), first_dim(batch[0]))
                 if digest_every and (index + 1) % digest_every == 0 and hooks.wants("on_digest"):
                     await hooks.fire("on_digest", collector.digest(final=False))
             await self.pacer.tick(logs)
@@ -512,7 +497,7 @@ class Engine:
             await hooks.fire("on_digest", final)
         return logs, final
 
-    @engine_entry
+    @with_run_settings
     async def predict(self, source: Source):
         hooks, stepper = self.callbacks, self.stepper
         if hooks.wants("on_predict_begin"):
@@ -533,10 +518,6 @@ class Engine:
         if hooks.wants("on_predict_end"):
             await hooks.fire("on_predict_end", None)
         return result
-
-
-def _first_dim(x) -> int:
-    return int(next(leaf for leaf in tree.flatten(x) if leaf is not None).shape[0])
 
 
 def _as_batch(batch) -> tuple:

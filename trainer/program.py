@@ -273,11 +273,10 @@ class Program(keras.Model):
         inside = id(self) in _INSIDE.get()
         if running is not None and not (inside and method != "fit"):
             where = " from a hook of the running fit" if inside else ""
+            hint = "" if inside else "; evaluate() and predict() may be called from its hooks"
             raise RuntimeError(
                 f"{method}() was called{where} while this program's {running}() is running; a program runs one "
-                "fit / evaluate / predict at a time. Await the running call first"
-                + (", or call evaluate() / predict() from a hook of the running fit." if method == "fit" and not inside
-                   else "." if method == "fit" else "; evaluate() and predict() may be called from its hooks."))
+                f"fit / evaluate / predict at a time. Await the running call first{hint}.")
         if running is not None:  # nested in a hook: keep the running call's metric state
             self.jax_state_sync()
             saved = [keras.ops.convert_to_numpy(v.value).copy() for v in self.metrics_variables]

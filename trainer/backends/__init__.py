@@ -6,7 +6,7 @@
 - `metrics_result()`: the running means now (for a run resumed right at an epoch's end).
 - `test_step(batch) -> logs`, `predict_step(x) -> y_pred`, `begin_eval()`.
 - `push()`: write the loop's state back into the program's variables (JAX keeps it
-  outside them); `reset_metrics()`; `signature(batch)` to spot first calls that compile.
+  outside them); `reset_metrics()`; JAX: `signature(batch)` to spot first calls that compile.
 - `snapshot()` / `restore()`: non-trainable state, so a rejected attempt leaves no trace.
 - `off_loop`: True where every call above must run on `call()`'s thread (torch and
   TensorFlow run eagerly, so a step holds its thread for as long as it computes).
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 import time
 
 import keras
@@ -41,6 +40,11 @@ def make_stepper(program):
     return Stepper(program)
 
 
+def first_dim(x) -> int:
+    """The number of samples in `x` (any structure of arrays; None leaves are skipped)."""
+    return int(next(leaf for leaf in keras.tree.flatten(x) if leaf is not None).shape[0])
+
+
 def batch_signature(batch) -> tuple:
     """Shapes and dtypes of a batch: a new signature means the next call compiles.
 
@@ -58,11 +62,6 @@ def batch_signature(batch) -> tuple:
 # runs torch ops gets an OpenMP team of its own, and two teams on the same cores slowed
 # every step by about 30% (README, Performance).
 _BACKEND_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="asyncfit-backend")
-
-
-def backend_thread_id() -> int:
-    """The identity of the thread that runs torch and TensorFlow steps."""
-    return _BACKEND_THREAD.submit(threading.get_ident).result()
 
 
 # Keras keeps its settings per thread (global_state): the backend thread takes the caller's.
@@ -112,7 +111,6 @@ class EagerStepper:
 
     def __init__(self, program):
         self.program = program
-        self.seen: set = set()
         self._keras_state = keras_settings()
 
     async def call(self, fn, *args):
@@ -147,8 +145,6 @@ class EagerStepper:
     def metrics_result(self) -> dict:
         return self.program.get_metrics_result()
 
-    def signature(self, kind: str, batch) -> tuple:
-        return (kind, batch_signature(batch))
 
     def wait(self, value) -> None:
         pass  # eager: computed already

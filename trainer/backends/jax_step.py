@@ -146,14 +146,8 @@ class Stepper:
     # -- compiling ---------------------------------------------------------------------
     def _jitted_call(self, kind: str, *args) -> tuple:
         """The jitted function and its arguments behind the step method of `kind`."""
-        if kind == "fused":
-            return self.fns["fused"], (self._current(), args[0])
-        if kind == "chunk":
-            return self.fns["chunk"], (self._current(), args[0])
-        if kind == "compute":
-            return self.fns["compute"], (self._current(), args[0])
-        if kind == "apply":
-            return self.fns["apply"], (self._current(), *args)
+        if kind in ("fused", "chunk", "compute", "apply"):  # (state, batch) or (state, grads, aux)
+            return self.fns[kind], (self._current(), *args)
         trainable, non_trainable, _, _ = self._current()
         if kind == "test":
             return self.fns["test"], (trainable, non_trainable, self.eval_metrics, args[0])

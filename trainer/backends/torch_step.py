@@ -4,15 +4,11 @@ from __future__ import annotations
 import torch
 from keras import ops, tree
 
-from trainer.backends import EagerStepper
+from trainer.backends import EagerStepper, first_dim
 
 
 def _to_tensors(structure):
     return tree.map_structure(lambda a: None if a is None else ops.convert_to_tensor(a), structure)
-
-
-def _first_dim(x) -> int:
-    return next(i for i in tree.flatten(x) if i is not None).shape[0]
 
 
 class Stepper(EagerStepper):
@@ -50,7 +46,7 @@ class Stepper(EagerStepper):
         if grads is not None:
             with torch.no_grad():
                 p.optimizer.apply(grads, p.trainable_weights[:])
-        p._loss_tracker.update_state(loss, sample_weight=_first_dim(x))
+        p._loss_tracker.update_state(loss, sample_weight=first_dim(x))
         return p.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     def train_step(self, batch):
