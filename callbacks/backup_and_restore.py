@@ -263,6 +263,7 @@ class BackupAndRestore(Callback):
         if self._callback_list is not None:
             self._callback_list.load_state_dicts(meta["callbacks"])
         run.resume_at = (meta["epoch"], meta["batch"])
+        run.resume_state = meta.get("source_state")
         if hasattr(run.source, "seed"):
             run.source.seed = run.seed = meta["seed"]
 
@@ -318,6 +319,8 @@ class BackupAndRestore(Callback):
         meta = {
             "format": BACKUP_FORMAT, "epoch": run.epoch, "batch": run.batch, "step_count": program.step_count,
             "seed": run.seed, "fingerprint": self._fingerprint, "counts": counts, "time": time.time(),
+            # Mid-epoch, where the data reader stands when it can say (grain's iterator state).
+            "source_state": getattr(run.stream, "state", None) if run.batch else None,
         }
         # Encoded now, not in the writer thread: state_dicts may hand out live objects
         # (History's lists) that the next epochs would change before the file is written.

@@ -2,13 +2,17 @@
 
 Array-like inputs (NumPy, dicts of arrays, pandas, lists) are held in memory; an
 epoch's order is a permutation drawn from `(seed, epoch)`, so it is the same every
-time and a run can resume at any batch of any epoch. Iterables, generators, async
-iterables and `keras.utils.PyDataset` stream batches as they come.
+time and a run can resume at any batch of any epoch. `keras.utils.PyDataset`,
+iterables, generators, `tf.data.Dataset`, `torch.utils.data.DataLoader` and grain
+datasets stream batches: `Source.open` reads them in a thread of their own, a bounded
+number of batches ahead (`trainer.prefetch`). Async iterables stay on the event loop.
 """
 from __future__ import annotations
 
+import base64
 import inspect
 import itertools
+import json
 import math
 from typing import Any, AsyncIterator, Iterator
 
@@ -16,7 +20,10 @@ import keras
 import numpy as np
 from keras import tree
 
+from trainer.prefetch import Prefetch, ordered_items
+
 Batch = tuple  # (x, y, sample_weight)
+PREFETCH_DEPTH = 4  # batches read ahead of the step for streamed sources (PyDataset: its max_queue_size)
 
 
 def _to_array(value: Any) -> np.ndarray:
@@ -60,8 +67,23 @@ def _num_samples(structure: Any) -> int:
     return len(tree.flatten(structure)[0])
 
 
+def _foreign_to_numpy(value: Any) -> Any:
+    """A torch or TensorFlow tensor given to another backend -> a NumPy array (as Keras'
+    adapters convert them); anything else as it is."""
+    module = type(value).__module__
+    if module.startswith("torch") and keras.backend.backend() != "torch":
+        return value.detach().cpu().numpy()
+    if module.startswith("tensorflow") and keras.backend.backend() != "tensorflow":
+        return value.numpy()
+    return value
+
+
 def unpack_batch(item: Any) -> Batch:
-    """A streamed element -> `(x, y, sample_weight)` (as Keras accepts them)."""
+    """A streamed element -> `(x, y, sample_weight)` (as Keras accepts them: a list is
+    taken as a tuple; torch/TensorFlow tensors meant for another backend become arrays)."""
+    if isinstance(item, list):
+        item = tuple(item)
+    item = tree.map_structure(_foreign_to_numpy, item)
     if isinstance(item, tuple):
         if len(item) == 1:
             return (item[0], None, None)
@@ -79,7 +101,9 @@ class Source:
     """Batches for one `fit`/`evaluate`/`predict` call."""
 
     is_async = False
-    resumable = False  # can restart at (epoch, batch) exactly
+    # Why a resumed run cannot start exactly at the batch where it stopped (the epoch then
+    # restarts, with a warning); None when it can.
+    inexact_resume: str | None = None
 
     def steps(self) -> int | None:
         """Batches per epoch, or None when unknown."""
@@ -93,14 +117,18 @@ class Source:
         """An iterator (or async iterator when `is_async`) over one epoch's batches."""
         raise NotImplementedError
 
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None):
+        """What the loop reads one epoch from: by default `epoch()` read ahead in a thread
+        (a `Prefetch`, which the loop closes when it is done with it). `state` is what a
+        `Prefetch.state` held when a backup was taken (grain's iterator state)."""
+        return Prefetch(self.epoch(epoch, start_batch), PREFETCH_DEPTH, name=f"asyncfit-read-{type(self).__name__}")
+
     def fingerprint(self) -> dict:
         return {"kind": type(self).__name__}
 
 
 class ArraySource(Source):
     """In-memory arrays; shuffled per epoch by a permutation drawn from (seed, epoch)."""
-
-    resumable = True
 
     def __init__(self, x: Any, y: Any = None, sample_weight: Any = None, *, batch_size: int = 32,
                  shuffle: bool = False, seed: int = 0, steps_per_epoch: int | None = None):
@@ -193,6 +221,9 @@ class ArraySource(Source):
             lo, hi = i * bs, min((i + 1) * bs, self.num_samples)
             yield (view(x, lo, hi), view(y, lo, hi), view(sw, lo, hi))
 
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> Iterator[Batch]:
+        return self.epoch(epoch, start_batch)  # views of memory: nothing to read ahead
+
     def can_chunk(self) -> bool:
         """Whether batches can be stacked as views: plain arrays, no dict/tuple structure."""
         return all(part is None or type(part) is np.ndarray for part in (self.x, self.y, self.sample_weight))
@@ -259,19 +290,38 @@ class ArraySource(Source):
 
 
 class PyDatasetSource(Source):
-    """`keras.utils.PyDataset`: `len()` batches, `ds[i]`, `on_epoch_end()`."""
+    """`keras.utils.PyDataset`: `num_batches` (or `len()`) batches, `ds[i]`,
+    `on_epoch_begin()` / `on_epoch_end()`.
 
-    resumable = True
+    The batch order is drawn from `(seed, epoch)` (shuffled or not), so a resumed run
+    starts exactly where it stopped. `workers`, `use_multiprocessing` and
+    `max_queue_size` are honoured as in Keras: with `workers > 1` (or processes), a pool
+    computes up to `max_queue_size` batches at once and they come in order; otherwise one
+    reader thread reads up to `max_queue_size` batches ahead. A dataset whose
+    `num_batches` is None (infinite) needs `steps_per_epoch`; epoch `e` then reads
+    indices `e * steps_per_epoch` onwards, as Keras' running index does.
+    """
 
     def __init__(self, dataset: keras.utils.PyDataset, *, shuffle: bool = False, seed: int = 0,
                  steps_per_epoch: int | None = None):
         self.dataset = dataset
         self.shuffle = shuffle
         self.seed = seed
-        n = len(dataset)
+        workers = getattr(dataset, "workers", 1)
+        max_queue_size = getattr(dataset, "max_queue_size", 10)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise ValueError(f"the PyDataset's workers={workers!r}; it must be an int >= 0 (1: read in one thread).")
+        if isinstance(max_queue_size, bool) or not isinstance(max_queue_size, int) or max_queue_size < 1:
+            raise ValueError(f"the PyDataset's max_queue_size={max_queue_size!r}; it must be an int >= 1.")
+        self.workers, self.max_queue_size = workers, max_queue_size
+        self.use_multiprocessing = bool(getattr(dataset, "use_multiprocessing", False))
+        n = dataset.num_batches
+        if n is None and steps_per_epoch is None:
+            raise ValueError("the PyDataset has num_batches=None (infinite); pass steps_per_epoch.")
         if n == 0:
             raise ValueError("the PyDataset is empty (len() == 0); it must give at least one batch.")
-        self._steps = min(steps_per_epoch, n) if steps_per_epoch else n
+        self.num_batches = n
+        self._steps = min(steps_per_epoch, n) if steps_per_epoch and n else (steps_per_epoch or n)
 
     def steps(self) -> int:
         return self._steps
@@ -279,13 +329,41 @@ class PyDatasetSource(Source):
     def first_batch(self) -> Batch:
         return unpack_batch(self.dataset[0])
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        indices = np.arange(len(self.dataset))
+    def indices(self, epoch: int, start_batch: int = 0) -> list[int]:
+        """The dataset indices epoch `epoch` reads, from its batch `start_batch` on."""
+        if self.num_batches is None:
+            base = epoch * self._steps
+            return list(range(base + start_batch, base + self._steps))
+        order = np.arange(self.num_batches)
         if self.shuffle:
-            indices = np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(indices)
-        for i in range(start_batch, self._steps):
-            yield unpack_batch(self.dataset[int(indices[i])])
-        self.dataset.on_epoch_end()
+            order = np.random.default_rng(np.random.SeedSequence([self.seed, epoch])).permutation(order)
+        return [int(i) for i in order[start_batch:self._steps]]
+
+    @property
+    def pooled(self) -> bool:
+        """Whether a pool reads the batches (Keras' rule for starting its enqueuer)."""
+        return self.workers > 1 or (self.workers > 0 and self.use_multiprocessing)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        dataset = self.dataset
+        dataset.on_epoch_begin()
+        indices = self.indices(epoch, start_batch)
+        if self.pooled:
+            items = ordered_items(dataset.__getitem__, indices, workers=self.workers,
+                                  use_multiprocessing=self.use_multiprocessing, max_queue_size=self.max_queue_size)
+        else:
+            items = (dataset[i] for i in indices)
+        try:
+            for item in items:
+                yield unpack_batch(item)
+        finally:
+            items.close()  # a pool's threads or processes end with the epoch, however it ends
+        dataset.on_epoch_end()
+
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> Prefetch:
+        # A pool already holds max_queue_size batches in flight: one more ready is enough.
+        depth = 1 if self.pooled else self.max_queue_size
+        return Prefetch(self.epoch(epoch, start_batch), depth, name="asyncfit-read-PyDataset")
 
 
 class IterableSource(Source):
@@ -307,9 +385,22 @@ class IterableSource(Source):
             self._peeked.append(next(self._iterator))
         except StopIteration:
             raise ValueError("the data is empty: the iterable gave no batch.") from None
-        if steps_per_epoch is None and not self.one_shot and hasattr(iterable, "__len__"):
-            self._steps = len(iterable)
+        if steps_per_epoch is None and not self.one_shot:
+            try:
+                self._steps = len(iterable)
+            except TypeError:  # no len(), or a tf.data.Dataset of infinite or unknown cardinality
+                pass
         self.exhausted = False
+        self.inexact_resume = self._why_inexact()
+
+    def _why_inexact(self) -> str | None:
+        name = type(self.iterable).__name__
+        if self.one_shot:
+            return f"a {name} (a one-shot iterator) cannot be rewound to a batch"
+        sampler = getattr(self.iterable, "sampler", None)
+        if sampler is not None and type(sampler).__name__ not in ("SequentialSampler", "_InfiniteConstantSampler"):
+            return f"the {name}'s {type(sampler).__name__} draws a new order on every pass"
+        return None  # a re-iterable: taken to give the same batches on every pass
 
     def steps(self) -> int | None:
         return self._steps
@@ -318,14 +409,16 @@ class IterableSource(Source):
         return unpack_batch(self._peeked[0])
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
+        count = 0
         if self._peeked:
             iterator = itertools.chain(self._peeked, self._iterator)
             self._peeked = []
         elif self.one_shot:
             iterator = self._iterator
+        elif start_batch and _is_tf_dataset(self.iterable):
+            iterator, count = iter(self.iterable.skip(start_batch)), start_batch  # skipped inside tf.data
         else:
             iterator = iter(self.iterable)
-        count = 0
         for item in iterator:
             if count >= start_batch:
                 yield unpack_batch(item)
@@ -348,6 +441,8 @@ class AsyncIterableSource(Source):
         self._steps = steps_per_epoch
         self._peeked: list = []
         self.exhausted = False
+        if self.one_shot:
+            self.inexact_resume = f"a {type(iterable).__name__} (a one-shot async iterator) cannot be rewound to a batch"
 
     async def prime(self) -> None:
         if not self._peeked:
@@ -361,6 +456,9 @@ class AsyncIterableSource(Source):
 
     def first_batch(self) -> Batch:
         return unpack_batch(self._peeked[0])
+
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> AsyncIterator[Batch]:
+        return self.epoch(epoch, start_batch)  # read on the event loop: it awaits its own I/O
 
     async def epoch(self, epoch: int, start_batch: int = 0) -> AsyncIterator[Batch]:
         if not self.one_shot and not self._peeked and epoch > 0:
@@ -380,6 +478,93 @@ class AsyncIterableSource(Source):
             count += 1
 
 
+class GrainSource(Source):
+    """A grain `MapDataset`, `IterDataset` or `DataLoader` of batches.
+
+    Each epoch is a new pass (`iter(dataset)`), read ahead in a thread (grain's own
+    prefetch and workers do the rest). A backup keeps the grain iterator's state after
+    the last batch trained, so a resumed run starts exactly there."""
+
+    def __init__(self, dataset: Any, *, steps_per_epoch: int | None = None):
+        self.dataset = dataset
+        try:
+            length = len(dataset)
+        except TypeError:
+            length = None
+        self._steps = min(steps_per_epoch, length) if steps_per_epoch and length else (steps_per_epoch or length)
+        self._first: Batch | None = None
+
+    def steps(self) -> int | None:
+        return self._steps
+
+    def first_batch(self) -> Batch:
+        if self._first is None:
+            iterator = iter(self.dataset)
+            try:
+                self._first = unpack_batch(next(iterator))
+            except StopIteration:
+                raise ValueError("the data is empty: the grain dataset gave no batch.") from None
+            finally:
+                _close_grain_iterator(iterator)
+        return self._first
+
+    def _iterator(self, start_batch: int, state: Any):
+        iterator = iter(self.dataset)
+        if state is not None:
+            iterator.set_state(_grain_state_from_json(state))
+        else:
+            for _ in range(start_batch):  # no state (a backup taken at an epoch's end): read up to the batch
+                next(iterator)
+        return iterator
+
+    def _read(self, iterator, start_batch: int) -> Iterator[Batch]:
+        try:
+            limit = None if self._steps is None else self._steps - start_batch
+            for item in itertools.islice(iterator, limit):
+                yield unpack_batch(item)
+        finally:
+            _close_grain_iterator(iterator)
+
+    def epoch(self, epoch: int, start_batch: int = 0, state: Any = None) -> Iterator[Batch]:
+        return self._read(self._iterator(start_batch, state), start_batch)
+
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> Prefetch:
+        iterator = self._iterator(start_batch, state)
+        return Prefetch(self._read(iterator, start_batch), PREFETCH_DEPTH, name="asyncfit-read-grain",
+                        state=lambda: _grain_state_to_json(iterator.get_state()))
+
+
+def _close_grain_iterator(iterator) -> None:
+    close = getattr(iterator, "close", None)  # a DataLoader's iterator stops its worker processes
+    if close is not None:
+        close()
+
+
+def _grain_state_to_json(state: Any) -> Any:
+    """A grain iterator state (a dict, or JSON bytes for a DataLoader) as JSON-able data."""
+    if isinstance(state, bytes):
+        return {"grain_bytes": base64.b64encode(state).decode("ascii")}
+    return json.loads(json.dumps(state))
+
+
+def _grain_state_from_json(state: Any) -> Any:
+    if isinstance(state, dict) and set(state) == {"grain_bytes"}:
+        return base64.b64decode(state["grain_bytes"])
+    return state
+
+
+def _is_tf_dataset(data: Any) -> bool:
+    return type(data).__module__.startswith("tensorflow") and hasattr(data, "element_spec")
+
+
+def _is_grain(data: Any) -> bool:
+    if not type(data).__module__.startswith("grain"):
+        return False
+    import grain
+
+    return isinstance(data, (grain.MapDataset, grain.IterDataset, grain.DataLoader))
+
+
 def make_source(x: Any, y: Any = None, *, batch_size: int, shuffle: bool = False, seed: int = 0,
                 steps_per_epoch: int | None = None, sample_weight: Any = None) -> Source:
     """Pick the adapter for `x` (and `y`)."""
@@ -388,6 +573,9 @@ def make_source(x: Any, y: Any = None, *, batch_size: int, shuffle: bool = False
     if isinstance(x, keras.utils.PyDataset):
         _no_y(x, y)
         return PyDatasetSource(x, shuffle=shuffle, seed=seed, steps_per_epoch=steps_per_epoch)
+    if _is_grain(x):
+        _no_y(x, y)
+        return GrainSource(x, steps_per_epoch=steps_per_epoch)
     if hasattr(x, "__aiter__"):
         _no_y(x, y)
         return AsyncIterableSource(x, steps_per_epoch=steps_per_epoch)

@@ -46,6 +46,7 @@ from trainer.backends import first_dim, make_stepper
 from trainer.benchmark import score as score_benchmark
 from trainer.data import ArraySource, Source
 from trainer.digest import DigestCollector
+from trainer.prefetch import Prefetch
 from trainer.run_settings import with_run_settings
 
 YIELD_EVERY_S = 0.002
@@ -150,6 +151,10 @@ class RunState:
     interrupt_handlers: list = dataclasses.field(default_factory=list)
     keep_backup: bool = False
     completed: bool = False
+    # What the current epoch is read from (a `Prefetch` for streamed sources); its `state`
+    # (grain's iterator state) goes into backups, and comes back as `resume_state`.
+    stream: Any = None
+    resume_state: Any = None
 
 
 class Engine:
@@ -197,8 +202,6 @@ class Engine:
         # Torch and TensorFlow: with nobody to call between steps, the backend thread runs
         # several steps per hand-off, reading the batches itself.
         eager_runs = stepper.off_loop and not per_batch and not source.is_async
-        wants_batch_begin = hooks.wants("on_train_batch_begin")
-        wants_batch_end = hooks.wants("on_train_batch_end")
         epoch_logs: dict = {}
         program.__dict__.setdefault("_step_count", 0)
         program.stop_training = False
@@ -210,6 +213,10 @@ class Engine:
             if hooks.wants("on_train_begin"):
                 await hooks.fire("on_train_begin", None)
             start_epoch, start_batch = run.resume_at or (initial_epoch, 0)
+            if start_batch and source.inexact_resume:
+                warnings.warn(f"resuming in the middle of epoch {start_epoch + 1}: {source.inexact_resume}, so "
+                              "the epoch starts again from its first batch.")
+                start_batch = 0
             for epoch in range(start_epoch, epochs):
                 first = start_batch if epoch == start_epoch else 0
                 run.epoch, run.batch = epoch, first
@@ -223,26 +230,16 @@ class Engine:
                 logs = None
                 if chunked:
                     logs = await self._chunked_epoch(run, epoch, first)
-                batches = iter(()) if chunked else source.epoch(epoch, first)
-                if eager_runs:
-                    logs = await self._eager_runs(run, batches)
-                    batches = iter(())
-                while True:
-                    batch = await _next(batches, source.is_async)
-                    if batch is None:
-                        break
-                    if wants_batch_begin:
-                        await hooks.fire("on_train_batch_begin", run.batch, None)
-                    if split:
-                        logs, run.batch_loss = await self._staged_step(batch, max_attempts)
-                    else:
-                        logs, run.batch_loss = await self.run("fused", batch, stepper.train_step, batch)
-                    await self._steps_done(run, 1, logs)
-                    if wants_batch_end:
-                        await hooks.fire("on_train_batch_end", run.batch - 1, logs)
-                    if program.stop_training:
-                        break
-                    await self.pacer.tick(logs)
+                else:
+                    resume_state = run.resume_state if epoch == start_epoch and first else None
+                    run.stream = batches = source.open(epoch, first, resume_state)
+                    try:
+                        if eager_runs:
+                            logs = await self._eager_runs(run, batches)
+                        else:
+                            logs = await self._batch_by_batch(run, batches, split, max_attempts)
+                    finally:
+                        await close_stream(batches)
                 if run.interrupted is not None:
                     await self._interrupt(run)
                 if logs is None and first > 0:
@@ -287,6 +284,30 @@ class Engine:
                 raise error
         self._finish()
         return epoch_logs
+
+    async def _batch_by_batch(self, run: RunState, batches, split: bool, max_attempts: int):
+        """An epoch's steps one at a time, with the per-batch hooks; the last step's logs."""
+        program, hooks, stepper = self.program, self.callbacks, self.stepper
+        wants_batch_begin = hooks.wants("on_train_batch_begin")
+        wants_batch_end = hooks.wants("on_train_batch_end")
+        logs = None
+        while True:
+            batch = await next_batch(batches)
+            if batch is None:
+                break
+            if wants_batch_begin:
+                await hooks.fire("on_train_batch_begin", run.batch, None)
+            if split:
+                logs, run.batch_loss = await self._staged_step(batch, max_attempts)
+            else:
+                logs, run.batch_loss = await self.run("fused", batch, stepper.train_step, batch)
+            await self._steps_done(run, 1, logs)
+            if wants_batch_end:
+                await hooks.fire("on_train_batch_end", run.batch - 1, logs)
+            if program.stop_training:
+                break
+            await self.pacer.tick(logs)
+        return logs
 
     async def _chunked_epoch(self, run: RunState, epoch: int, first: int):
         """One epoch in fused chunks of CHUNK_STEPS steps (plus single steps for the rest).
@@ -358,7 +379,18 @@ class Engine:
     async def _eager_runs(self, run: RunState, batches) -> Any:
         """An epoch's steps on the backend thread, several per hand-off (torch, TensorFlow)."""
         program, stepper = self.program, self.stepper
-        next_batch = functools.partial(next, batches, None)
+        failed: list[BaseException] = []
+
+        def next_batch():
+            # A source that fails after some steps of a hand-off: those steps are counted
+            # first, then its error is raised here, unchanged.
+            if failed:
+                return None
+            try:
+                return next(batches, None)
+            except Exception as error:  # noqa: BLE001 - raised on the event loop below
+                failed.append(error)
+                return None
 
         def should_stop() -> bool:
             return run.interrupted is not None or program.stop_training
@@ -366,11 +398,12 @@ class Engine:
         logs = None
         while True:
             step_logs, losses, steps = await stepper.call(stepper.train_steps, next_batch, should_stop)
-            if steps == 0:
-                return logs
-            logs, run.batch_loss = step_logs, losses
-            await self._steps_done(run, steps, logs)
-            if program.stop_training:
+            if steps:
+                logs, run.batch_loss = step_logs, losses
+                await self._steps_done(run, steps, logs)
+            if failed:
+                raise failed[0]
+            if steps == 0 or program.stop_training:
                 return logs
             await self.pacer.tick(logs)
 
@@ -536,20 +569,34 @@ def _as_batch(batch) -> tuple:
 
 async def _enumerate(source: Source):
     """(index, batch) over one pass of `source` (sync or async), for evaluate and predict."""
-    batches = source.epoch(0)
-    index = 0
-    while True:
-        batch = await _next(batches, source.is_async)
-        if batch is None:
-            return
-        yield index, batch
-        index += 1
+    batches = source.open(0)
+    try:
+        index = 0
+        while True:
+            batch = await next_batch(batches)
+            if batch is None:
+                return
+            yield index, batch
+            index += 1
+    finally:
+        await close_stream(batches)
 
 
-async def _next(batches, is_async: bool):
-    if is_async:
+async def next_batch(batches):
+    """The next batch of an iterator or async iterator (a `Prefetch` is awaited), or None."""
+    if hasattr(batches, "__anext__"):
         return await anext(batches, None)
     return next(batches, None)
+
+
+async def close_stream(batches) -> None:
+    """Stop reading `batches`: a `Prefetch`'s thread is joined, a generator closed."""
+    if isinstance(batches, Prefetch):
+        await batches.aclose()
+    elif hasattr(batches, "aclose"):
+        await batches.aclose()
+    elif hasattr(batches, "close"):
+        batches.close()
 
 
 __all__ = ["Engine", "Pacer", "RunState"]

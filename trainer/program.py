@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import difflib
+import functools
 import numbers
 import os
 
@@ -16,6 +17,7 @@ from keras.src.models.model import functional_init_arguments
 
 from callbacks.callback_list import CallbackList
 from callbacks.progress_bar import ProgressBar, resolve_verbose
+from callbacks.threads import in_worker_thread
 from trainer.backends import on_backend_thread
 from trainer.benchmark import Benchmark
 from trainer.data import ArraySource, AsyncIterableSource, Source, make_source
@@ -189,6 +191,11 @@ class Program(keras.Model):
     def _require_compiled(self, method: str) -> None:
         if not self.compiled:
             raise RuntimeError(f"call program.compile(optimizer=..., loss=...) before {method}().")
+
+    def _check_source(self, source: Source, with_targets: bool = True) -> None:
+        """`_check_features` on the source's first batch (read here, off the event loop)."""
+        batch = source.first_batch()
+        self._check_features(batch if with_targets else (batch[0], None, None), with_targets)
 
     def _check_features(self, batch, with_targets: bool = True) -> None:
         """Build the program on a symbolic batch; data that does not fit fails here, before any step.
@@ -365,7 +372,8 @@ class Program(keras.Model):
         if seed is None:
             seed = int(np.random.SeedSequence().entropy % (2**31))
 
-        source = make_source(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed, steps_per_epoch=steps_per_epoch)
+        source = await _source(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
+                               steps_per_epoch=steps_per_epoch)
         if validation_split:
             if not isinstance(source, ArraySource):
                 raise ValueError(
@@ -374,15 +382,13 @@ class Program(keras.Model):
             source, val_source = source.split(validation_split)
             validation = {"val": val_source}
         else:
-            validation = self._validation_sources(validation_data, batch_size)
-        if isinstance(source, AsyncIterableSource):
-            await source.prime()
-        await on_backend_thread(self._check_features, source.first_batch())
+            validation = await in_worker_thread(self._validation_sources, validation_data, batch_size)
+        await on_backend_thread(self._check_source, source)
         for name, val_source in ({} if validation_split else validation).items():  # fails here, not after an epoch
             if isinstance(val_source, AsyncIterableSource):
                 await val_source.prime()
             try:
-                await on_backend_thread(self._check_features, val_source.first_batch())
+                await on_backend_thread(self._check_source, val_source)
             except ValueError as error:
                 what = "validation_data" if name == "val" else f"validation_data[{name!r}]"
                 raise ValueError(f"{what}: {error}") from error
@@ -480,10 +486,8 @@ class Program(keras.Model):
         _check_int("batch_size", batch_size, 1)
         self.jax_state_sync()  # called from a callback mid-fit: start from the live variables
         _check_int("steps", steps, 1, allow_none=True)
-        source = make_source(x, y, batch_size=batch_size, steps_per_epoch=steps)
-        if isinstance(source, AsyncIterableSource):
-            await source.prime()
-        await on_backend_thread(self._check_features, source.first_batch())
+        source = await _source(x, y, batch_size=batch_size, steps_per_epoch=steps)
+        await on_backend_thread(self._check_source, source)
         verbose = resolve_verbose(verbose)
         callback_list = CallbackList([*with_monitor(callbacks), *([ProgressBar(verbose)] if verbose else [])],
                                      program=self)
@@ -505,15 +509,21 @@ class Program(keras.Model):
         _check_int("batch_size", batch_size, 1)
         self.jax_state_sync()
         _check_int("steps", steps, 1, allow_none=True)
-        source = make_source(x, batch_size=batch_size, steps_per_epoch=steps)
-        if isinstance(source, AsyncIterableSource):
-            await source.prime()
-        first = source.first_batch()
-        await on_backend_thread(self._check_features, (first[0], None, None), False)
+        source = await _source(x, batch_size=batch_size, steps_per_epoch=steps)
+        await on_backend_thread(self._check_source, source, False)
         verbose = resolve_verbose(verbose)
         callback_list = CallbackList(with_monitor(callbacks), program=self)
         callback_list.set_params({"steps": source.steps(), "batch_size": batch_size, "verbose": verbose})
         return await Engine(self, callback_list).predict(source)
+
+
+async def _source(x, y=None, **options) -> Source:
+    """`make_source` in a worker thread (it reads a generator's first batch and copies
+    arrays), the first batch of an async iterable awaited here."""
+    source = await in_worker_thread(functools.partial(make_source, x, y, **options))
+    if isinstance(source, AsyncIterableSource):
+        await source.prime()
+    return source
 
 
 def _check_monitors(callback_list: CallbackList, keys: list[str]) -> None:
