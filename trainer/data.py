@@ -360,6 +360,10 @@ class PyDatasetSource(Source):
             items.close()  # a pool's threads or processes end with the epoch, however it ends
         dataset.on_epoch_end()
 
+    def fingerprint(self) -> dict:
+        return {"kind": "PyDataset", "class": type(self.dataset).__name__, "batches": self.num_batches,
+                "shuffle": bool(self.shuffle), "steps_per_epoch": self._steps}
+
     def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> Prefetch:
         # A pool already holds max_queue_size batches in flight: one more ready is enough.
         depth = 1 if self.pooled else self.max_queue_size
@@ -496,6 +500,9 @@ class GrainSource(Source):
 
     def steps(self) -> int | None:
         return self._steps
+
+    def fingerprint(self) -> dict:
+        return {"kind": "grain", "class": type(self.dataset).__name__, "steps_per_epoch": self._steps}
 
     def first_batch(self) -> Batch:
         if self._first is None:
