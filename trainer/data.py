@@ -10,6 +10,8 @@ number of batches ahead (`trainer.prefetch`). Async iterables stay on the event 
 from __future__ import annotations
 
 import base64
+import contextlib
+import contextvars
 import inspect
 import itertools
 import json
@@ -125,6 +127,10 @@ class Source:
 
     def fingerprint(self) -> dict:
         return {"kind": type(self).__name__}
+
+    def close(self) -> None:
+        """Let go of what the source holds between epochs (a grain iterator kept from
+        `first_batch`); called when the fit/evaluate/predict call ends, however it ends."""
 
 
 class ArraySource(Source):
@@ -497,6 +503,9 @@ class GrainSource(Source):
             length = None
         self._steps = min(steps_per_epoch, length) if steps_per_epoch and length else (steps_per_epoch or length)
         self._first: Batch | None = None
+        # The iterator that gave the first batch, kept for the first epoch: a new grain
+        # iterator starts its own read-ahead, which a discarded one would have wasted.
+        self._peeked: tuple | None = None
 
     def steps(self) -> int | None:
         return self._steps
@@ -508,14 +517,20 @@ class GrainSource(Source):
         if self._first is None:
             iterator = iter(self.dataset)
             try:
-                self._first = unpack_batch(next(iterator))
+                item = next(iterator)
             except StopIteration:
-                raise ValueError("the data is empty: the grain dataset gave no batch.") from None
-            finally:
                 _close_grain_iterator(iterator)
+                raise ValueError("the data is empty: the grain dataset gave no batch.") from None
+            self._first = unpack_batch(item)
+            self._peeked = (iterator, item)
         return self._first
 
     def _iterator(self, start_batch: int, state: Any):
+        peeked, self._peeked = self._peeked, None
+        if peeked is not None:
+            if start_batch == 0 and state is None:
+                return _Unread(*peeked)
+            _close_grain_iterator(peeked[0])
         iterator = iter(self.dataset)
         if state is not None:
             iterator.set_state(_grain_state_from_json(state))
@@ -535,10 +550,34 @@ class GrainSource(Source):
     def epoch(self, epoch: int, start_batch: int = 0, state: Any = None) -> Iterator[Batch]:
         return self._read(self._iterator(start_batch, state), start_batch)
 
+    def close(self) -> None:
+        peeked, self._peeked = self._peeked, None
+        if peeked is not None:
+            _close_grain_iterator(peeked[0])
+
     def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> Prefetch:
         iterator = self._iterator(start_batch, state)
         return Prefetch(self._read(iterator, start_batch), PREFETCH_DEPTH, name="asyncfit-read-grain",
                         state=lambda: _grain_state_to_json(iterator.get_state()))
+
+
+class _Unread:
+    """A grain iterator with the item already taken from it put back in front."""
+
+    def __init__(self, iterator, item):
+        self.iterator, self.item = iterator, [item]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.item.pop() if self.item else next(self.iterator)
+
+    def get_state(self):
+        return self.iterator.get_state()
+
+    def close(self):
+        _close_grain_iterator(self.iterator)
 
 
 def _close_grain_iterator(iterator) -> None:
@@ -572,8 +611,33 @@ def _is_grain(data: Any) -> bool:
     return isinstance(data, (grain.MapDataset, grain.IterDataset, grain.DataLoader))
 
 
-def make_source(x: Any, y: Any = None, *, batch_size: int, shuffle: bool = False, seed: int = 0,
-                steps_per_epoch: int | None = None, sample_weight: Any = None) -> Source:
+_CALL_SOURCES: contextvars.ContextVar[list | None] = contextvars.ContextVar("asyncfit_call_sources", default=None)
+
+
+@contextlib.contextmanager
+def closing_sources():
+    """Every source `make_source` makes inside this block is closed when it ends."""
+    sources: list = []
+    token = _CALL_SOURCES.set(sources)
+    try:
+        yield
+    finally:
+        _CALL_SOURCES.reset(token)
+        for source in sources:
+            source.close()
+
+
+def make_source(x: Any, y: Any = None, **options) -> Source:
+    """Pick the adapter for `x` (and `y`); see `_make_source`."""
+    source = _make_source(x, y, **options)
+    sources = _CALL_SOURCES.get()
+    if sources is not None:
+        sources.append(source)
+    return source
+
+
+def _make_source(x: Any, y: Any = None, *, batch_size: int, shuffle: bool = False, seed: int = 0,
+                 steps_per_epoch: int | None = None, sample_weight: Any = None) -> Source:
     """Pick the adapter for `x` (and `y`)."""
     if x is None:
         raise ValueError("x is None; pass the training data as x (and y).")

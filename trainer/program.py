@@ -20,7 +20,7 @@ from callbacks.progress_bar import ProgressBar, resolve_verbose
 from callbacks.threads import in_worker_thread
 from trainer.backends import on_backend_thread
 from trainer.benchmark import Benchmark
-from trainer.data import ArraySource, AsyncIterableSource, Source, make_source
+from trainer.data import ArraySource, AsyncIterableSource, Source, closing_sources, make_source
 from trainer.history import History
 from trainer.keras_saving import cache_keras_skipsets, save_keras_file, save_weights_file
 from trainer.loop import Engine, RunState
@@ -334,7 +334,7 @@ class Program(keras.Model):
         """
         if unknown:
             raise _unknown_keywords("fit", unknown, FIT_KEYWORDS)
-        with self._one_call("fit"):
+        with self._one_call("fit"), closing_sources():
             return await self._fit(x, y, batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks,
                                    validation_split=validation_split, validation_data=validation_data,
                                    shuffle=shuffle, seed=seed, initial_epoch=initial_epoch,
@@ -468,7 +468,7 @@ class Program(keras.Model):
             raise _unknown_keywords("evaluate", unknown, ("batch_size", "verbose", "callbacks", "steps",
                                                           "return_dict", "return_digest", "digest_every"))
         _check_int("digest_every", digest_every, 1, allow_none=True)
-        with self._one_call("evaluate"):
+        with self._one_call("evaluate"), closing_sources():
             logs = await self._evaluate(x, y, batch_size=batch_size, verbose=verbose, callbacks=callbacks,
                                         steps=steps, digest=bool(return_digest) or digest_every is not None,
                                         digest_every=digest_every)
@@ -502,7 +502,7 @@ class Program(keras.Model):
         """Outputs for `x` as NumPy arrays (same input kinds as `fit`)."""
         if unknown:
             raise _unknown_keywords("predict", unknown, ("batch_size", "verbose", "callbacks", "steps"))
-        with self._one_call("predict"):
+        with self._one_call("predict"), closing_sources():
             return await self._predict(x, batch_size=batch_size, verbose=verbose, callbacks=callbacks, steps=steps)
 
     async def _predict(self, x, *, batch_size, verbose, callbacks, steps):
