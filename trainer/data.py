@@ -119,10 +119,17 @@ class Source:
         """An iterator (or async iterator when `is_async`) over one epoch's batches."""
         raise NotImplementedError
 
-    def open(self, epoch: int, start_batch: int = 0, state: Any = None):
+    # Reads ahead in threads of its own (tf.data): a consumer off the event loop (the
+    # torch/TensorFlow backend thread) may then read it directly.
+    reads_ahead_itself = False
+
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None, *, off_loop_consumer: bool = False):
         """What the loop reads one epoch from: by default `epoch()` read ahead in a thread
         (a `Prefetch`, which the loop closes when it is done with it). `state` is what a
-        `Prefetch.state` held when a backup was taken (grain's iterator state)."""
+        `Prefetch.state` held when a backup was taken (grain's iterator state).
+        `off_loop_consumer`: the batches are taken off the event loop's thread."""
+        if off_loop_consumer and self.reads_ahead_itself:
+            return self.epoch(epoch, start_batch)
         return Prefetch(self.epoch(epoch, start_batch), PREFETCH_DEPTH, name=f"asyncfit-read-{type(self).__name__}")
 
     def fingerprint(self) -> dict:
@@ -227,7 +234,8 @@ class ArraySource(Source):
             lo, hi = i * bs, min((i + 1) * bs, self.num_samples)
             yield (view(x, lo, hi), view(y, lo, hi), view(sw, lo, hi))
 
-    def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> Iterator[Batch]:
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None, *,
+             off_loop_consumer: bool = False) -> Iterator[Batch]:
         return self.epoch(epoch, start_batch)  # views of memory: nothing to read ahead
 
     def can_chunk(self) -> bool:
@@ -370,7 +378,8 @@ class PyDatasetSource(Source):
         return {"kind": "PyDataset", "class": type(self.dataset).__name__, "batches": self.num_batches,
                 "shuffle": bool(self.shuffle), "steps_per_epoch": self._steps}
 
-    def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> Prefetch:
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None, *,
+             off_loop_consumer: bool = False) -> Prefetch:
         # A pool already holds max_queue_size batches in flight: one more ready is enough.
         depth = 1 if self.pooled else self.max_queue_size
         return Prefetch(self.epoch(epoch, start_batch), depth, name="asyncfit-read-PyDataset")
@@ -402,6 +411,7 @@ class IterableSource(Source):
                 pass
         self.exhausted = False
         self.inexact_resume = self._why_inexact()
+        self.reads_ahead_itself = _is_tf_dataset(iterable)
 
     def _why_inexact(self) -> str | None:
         name = type(self.iterable).__name__
@@ -452,7 +462,8 @@ class AsyncIterableSource(Source):
         self._peeked: list = []
         self.exhausted = False
         if self.one_shot:
-            self.inexact_resume = f"a {type(iterable).__name__} (a one-shot async iterator) cannot be rewound to a batch"
+            self.inexact_resume = (f"a {type(iterable).__name__} (a one-shot async iterator) cannot be rewound "
+                                   "to a batch")
 
     async def prime(self) -> None:
         if not self._peeked:
@@ -467,7 +478,8 @@ class AsyncIterableSource(Source):
     def first_batch(self) -> Batch:
         return unpack_batch(self._peeked[0])
 
-    def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> AsyncIterator[Batch]:
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None, *,
+             off_loop_consumer: bool = False) -> AsyncIterator[Batch]:
         return self.epoch(epoch, start_batch)  # read on the event loop: it awaits its own I/O
 
     async def epoch(self, epoch: int, start_batch: int = 0) -> AsyncIterator[Batch]:
@@ -555,7 +567,8 @@ class GrainSource(Source):
         if peeked is not None:
             _close_grain_iterator(peeked[0])
 
-    def open(self, epoch: int, start_batch: int = 0, state: Any = None) -> Prefetch:
+    def open(self, epoch: int, start_batch: int = 0, state: Any = None, *,
+             off_loop_consumer: bool = False) -> Prefetch:
         iterator = self._iterator(start_batch, state)
         return Prefetch(self._read(iterator, start_batch), PREFETCH_DEPTH, name="asyncfit-read-grain",
                         state=lambda: _grain_state_to_json(iterator.get_state()))

@@ -231,7 +231,7 @@ class Engine:
                     logs = await self._chunked_epoch(run, epoch, first)
                 else:
                     resume_state = run.resume_state if epoch == start_epoch and first else None
-                    run.stream = batches = source.open(epoch, first, resume_state)
+                    run.stream = batches = source.open(epoch, first, resume_state, off_loop_consumer=eager_runs)
                     try:
                         if eager_runs:
                             logs = await self._eager_runs(run, batches)
