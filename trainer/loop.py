@@ -45,7 +45,6 @@ from trainer.backends import first_dim, make_stepper
 from trainer.benchmark import score as score_benchmark
 from trainer.data import ArraySource, Source
 from trainer.digest import DigestCollector
-from trainer.prefetch import Prefetch
 from trainer.run_settings import with_run_settings
 
 YIELD_EVERY_S = 0.002
@@ -380,7 +379,7 @@ class Engine:
         program, stepper = self.program, self.stepper
         failed: list[BaseException] = []
 
-        def next_batch():
+        def take_batch():
             # A source that fails after some steps of a hand-off: those steps are counted
             # first, then its error is raised here, unchanged.
             if failed:
@@ -396,7 +395,7 @@ class Engine:
 
         logs = None
         while True:
-            step_logs, losses, steps = await stepper.call(stepper.train_steps, next_batch, should_stop)
+            step_logs, losses, steps = await stepper.call(stepper.train_steps, take_batch, should_stop)
             if steps:
                 logs, run.batch_loss = step_logs, losses
                 await self._steps_done(run, steps, logs)
@@ -590,9 +589,7 @@ async def next_batch(batches):
 
 async def close_stream(batches) -> None:
     """Stop reading `batches`: a `Prefetch`'s thread is joined, a generator closed."""
-    if isinstance(batches, Prefetch):
-        await batches.aclose()
-    elif hasattr(batches, "aclose"):
+    if hasattr(batches, "aclose"):  # a Prefetch, an async generator
         await batches.aclose()
     elif hasattr(batches, "close"):
         batches.close()
