@@ -105,6 +105,7 @@ class Monitor(Callback):
         self._restored_run_id: str | None = None
         self._key: str | None = None
         self._context_key: str | None = None  # set by the experiment hooks
+        self._ended: set = set()  # run keys a fit's end has ended
         self._spans: list[dict] = []
         self._open: dict[str, int] = {}
         self._worker = None
@@ -162,6 +163,7 @@ class Monitor(Callback):
             self._spans[0]["status"] = "OK" if status == "FINISHED" else "ERROR"
             self.worker.submit(("trace", self._key, self._spans))
         self.worker.submit(("end", self._key, status))
+        self._ended.add(self._key)
         self._spans, self._open = [], {}
 
     async def _flush(self) -> None:
@@ -238,8 +240,11 @@ class Monitor(Callback):
         self.worker.submit(("metrics", self._key, metrics, self._program.step_count, int(time.time() * 1000)))
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.log_epoch_metrics:
-            self.worker.submit(("metrics", self._key, _floats(logs), epoch, int(time.time() * 1000)))
+        # No fit of its own (an experiment's runs in Ray workers, their epoch logs streamed
+        # to the driver): the run's child run takes them.
+        key = self._key or self._context_key
+        if self.log_epoch_metrics and key is not None:
+            self.worker.submit(("metrics", key, _floats(logs), epoch, int(time.time() * 1000)))
         self._end_span(f"epoch {epoch}", **{k: v for k, v in _floats(logs).items()})
 
     def on_checkpoint(self, row):
@@ -319,7 +324,9 @@ class Monitor(Callback):
         self._context_key = key
 
     def on_run_end(self, ctx, run_result):
-        self._context_key = None
+        key, self._context_key = self._context_key, None
+        if key is not None and key not in self._ended:  # no fit here ended it (the run trained in a Ray worker)
+            self.worker.submit(("end", key, "FINISHED" if run_result.status == "ok" else "FAILED"))
 
     def on_benchmark_eval(self, ctx, result, predictions, step=None):
         """A benchmark's metrics as `bench/{name}/{metric}` at its step (0 after training)

@@ -9,6 +9,7 @@ from trainer.experiment import Experiment, ExperimentContext, ExperimentResult, 
 from trainer.history import History  # noqa: E402
 from trainer.observability import disable_observability, enable_observability  # noqa: E402
 from trainer.program import FunctionalProgram, Program, SequentialProgram  # noqa: E402
+from trainer.ray_engine import RayEngine  # noqa: E402
 
 
 def load_program(path: str, custom_objects: dict | None = None, compile: bool = True,
@@ -34,5 +35,5 @@ def load_program(path: str, custom_objects: dict | None = None, compile: bool = 
 __all__ = [
     "Program", "FunctionalProgram", "SequentialProgram", "History", "load_program",
     "Experiment", "ExperimentContext", "ExperimentResult", "RunResult", "Benchmark", "BenchmarkResult", "Digest",
-    "enable_observability", "disable_observability",
+    "enable_observability", "disable_observability", "RayEngine",
 ]

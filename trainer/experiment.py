@@ -21,6 +21,7 @@ from callbacks.callback_list import CallbackList
 from callbacks.monitor_base import metric_direction
 from trainer.benchmark import Benchmark
 from trainer.benchmark import score as score_benchmark
+from trainer.ray_engine import as_engine, run_on_ray
 
 FIT_HOOKS = TRAIN_HOOKS + TEST_HOOKS  # what one fit call fires (validation included)
 
@@ -64,6 +65,8 @@ class RunResult:
     program: Any = None
     traceback: str | None = None
     benchmarks: dict = dataclasses.field(default_factory=dict)  # name -> metrics, scored after training
+    attempts: int = 1  # with the Ray engine: how many times a worker started this run (retries + 1)
+    resumed_from: str | None = None  # with the Ray engine: the backup a retried run resumed from
 
     def final(self) -> dict:
         return {k: v[-1] for k, v in self.history.items() if v}
@@ -215,19 +218,27 @@ class Experiment:
 
     async def run(self, x=None, y=None, *, callbacks: list | None = None,
                   run_callbacks: Callable[[ExperimentContext], list] | None = None, max_concurrency: int = 1,
-                  **fit_kwargs) -> ExperimentResult:
+                  engine: Any = "local", **fit_kwargs) -> ExperimentResult:
         """Train every run; returns an `ExperimentResult`.
 
         Args:
             x, y, **fit_kwargs: passed to every `fit` (stages may override them).
             callbacks: get the experiment hooks, and (with max_concurrency=1) are passed
-                to every `fit` too.
+                to every `fit` too. With `engine="ray"` they stay in the driver: they get the
+                experiment hooks and each run's `on_epoch_end(epoch, logs)` as it comes.
             run_callbacks: `ctx -> [callbacks]`, fresh callbacks for each run's fits
-                (needed for fit-level callbacks when runs go concurrently).
-            max_concurrency: how many runs train at once.
+                (needed for fit-level callbacks when runs go concurrently; with Ray they
+                run in the worker).
+            max_concurrency: how many runs train at once (local engine).
+            engine: "local", "ray" or `trainer.RayEngine(...)`: each run in a Ray worker
+                (`pip install 'asyncfit[ray]'`), see `trainer/ray_engine.py`.
         """
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency={max_concurrency}; it must be >= 1.")
+        ray_engine = as_engine(engine)
+        if ray_engine is not None:
+            return await run_on_ray(self, ray_engine, x, y, callbacks=callbacks, run_callbacks=run_callbacks,
+                                    fit_kwargs=fit_kwargs)
         shared = CallbackList(callbacks or ())
         if max_concurrency > 1:
             busy = [type(cb).__name__ for cb in shared if any(overrides(cb, h) for h in FIT_HOOKS)]
