@@ -220,6 +220,38 @@ async def test_experiment_maps_to_mlflow_experiment_parent_and_child_runs(server
         assert child.data.params["config.lr"] in ("0.1", "0.01") and "loss" in child.data.metrics
 
 
+@pytest.mark.slow
+async def test_experiment_on_ray_gives_the_same_mlflow_hierarchy(server, toy):
+    ray = pytest.importorskip("ray")
+    import keras
+
+    from trainer import Program
+
+    def build(config):
+        inputs = keras.Input((8,))
+        program = Program(inputs=inputs, outputs=keras.layers.Dense(1, activation="sigmoid")(inputs))
+        program.compile(optimizer=keras.optimizers.SGD(config["lr"]), loss="binary_crossentropy")
+        return program
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        monitor = Monitor(tracking_uri=server.uri, log_program=False)
+        experiment = Experiment("on-ray", build, {"a": {"lr": 0.1}, "b": {"lr": 0.01}}, n_repeats=2)
+        await experiment.run(*toy, epochs=2, callbacks=[monitor], engine="ray")
+    finally:
+        ray.shutdown()
+    client = MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("on-ray").experiment_id])
+    parents = {r.info.run_name: r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert set(parents) == {"a", "b"}
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.run_name for r in children) == ["a-0", "a-1", "b-0", "b-1"]
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parents[child.data.tags["asyncfit.arm"]]
+        assert child.info.status == "FINISHED"
+        assert steps(client, child.info.run_id, "loss") == [0, 1]  # each epoch, streamed from its worker
+
+
 async def test_enable_observability_adds_a_monitor_and_the_embedded_store(toy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
