@@ -72,20 +72,10 @@ def small_cnn(cls):
 
 
 async def with_ticker(coro, gaps: list) -> None:
-    done = False
+    """Await `coro` with the 1 ms ticker of bench/event_loop.py beside it; its gaps (ms) go to `gaps`."""
+    from event_loop import gaps_during
 
-    async def ticker():
-        last = time.perf_counter()
-        while not done:
-            await asyncio.sleep(0.001)
-            now = time.perf_counter()
-            gaps.append((now - last) * 1000)
-            last = now
-
-    task = asyncio.create_task(ticker())
-    await coro
-    done = True
-    await task
+    gaps.extend((await gaps_during(coro)).tolist())
 
 
 def compare(name: str, build, make_data, epochs: int = 2) -> list[tuple[str, str, str]]:

@@ -134,7 +134,8 @@ async def test_a_run_that_keeps_dying_is_failed_and_the_experiment_goes_on(toy, 
     statuses = {run.arm: run.status for run in result.runs}
     assert statuses == {"fast": "ok", "slow": "failed"}
     failed = result.runs[1]
-    assert failed.attempts == 2 and "died" in failed.error.lower() or "crash" in failed.error.lower()
+    assert failed.attempts == 2 and failed.seed == experiment.run_seed("slow", 0)
+    assert "died" in failed.error.lower() or "crash" in failed.error.lower(), failed.error
     with pytest.raises(RuntimeError):
         await Experiment("dies", build, {"slow": ARMS["slow"]}, fail_fast=True).run(
             x, y, epochs=3, engine=RayEngine(max_retries=0), run_callbacks=run_callbacks)

@@ -145,7 +145,7 @@ async def run_on_ray(experiment: Experiment, engine: RayEngine, x, y, *, callbac
                 continue
             run_ctx = ctx.child(group=arm, arm=arm, repeat=repeat, seed=experiment.run_seed(arm, repeat),
                                 run_config=dict(experiment.arms[arm]))
-            tasks[(arm, repeat)] = remote.remote(experiment, run_ctx, data, run_callbacks, queue)
+            tasks[(arm, repeat)] = (remote.remote(experiment, run_ctx, data, run_callbacks, queue), run_ctx.seed)
     follower = _Follower(queue, tasks)
     runs: dict[tuple, RunResult] = {}
     failed: list[str] = []
@@ -173,8 +173,8 @@ async def run_on_ray(experiment: Experiment, engine: RayEngine, x, y, *, callbac
                 break
     finally:
         follower.stop()
-        for task in tasks.values():
-            ray.cancel(task, force=True)  # nothing once done; a run still going when we leave stops
+        for ref, _ in tasks.values():
+            ray.cancel(ref, force=True)  # nothing once done; a run still going when we leave stops
         ray.kill(queue.actor)
     ordered = [runs[(arm, r)] for arm in experiment.arms for r in range(experiment.n_repeats) if (arm, r) in runs]
     result = ExperimentResult(experiment.name, ordered, experiment.output_dir)
@@ -206,8 +206,8 @@ class _Follower:
     async def follow(self, key: tuple, shared: CallbackList) -> RunResult:
         """Fire the driver callbacks' `on_epoch_end` with the run's epoch logs as they come;
         return its result (a run whose worker kept dying is recorded as failed)."""
-        ray = import_ray()
-        task = asyncio.ensure_future(_await_ref(self.tasks[key]))
+        ref, seed = self.tasks[key]
+        task = asyncio.ensure_future(_await_ref(ref))
         events = self.events[key]
         result = None
         while True:
@@ -228,7 +228,7 @@ class _Follower:
                 from trainer.experiment import RunResult
 
                 arm, repeat = key
-                result = RunResult(arm=arm, repeat=repeat, seed=0, status="failed",
+                result = RunResult(arm=arm, repeat=repeat, seed=seed, status="failed",
                                    error=f"{type(error).__name__}: {error}".splitlines()[0],
                                    traceback="".join(traceback.format_exception(error)))
                 break
