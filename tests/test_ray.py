@@ -116,6 +116,7 @@ async def test_a_killed_worker_is_retried_and_resumes_from_its_backup(toy, tmp_p
     runs = {run.arm: run for run in result.runs}
     assert [run.status for run in result.runs] == ["ok", "ok"]
     assert runs["slow"].attempts == 2 and runs["fast"].attempts == 1  # the failure and the retry are recorded
+    assert list(result.to_dataframe()["attempts"]) == [1, 2]
     assert runs["slow"].resumed_from is not None and "backup" in runs["slow"].resumed_from
     assert len(runs["slow"].history["loss"]) == 4
     reference = await Experiment("retry", build, ARMS, n_repeats=1).run(x, y, epochs=4)

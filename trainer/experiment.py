@@ -82,7 +82,8 @@ class RunResult:
 
     def row(self) -> dict:
         row = {"arm": self.arm, "repeat": self.repeat, "seed": self.seed, "status": self.status,
-               "epochs": self.epochs, "wall_time": round(self.wall_time, 4), "error": self.error or ""}
+               "epochs": self.epochs, "wall_time": round(self.wall_time, 4), "error": self.error or "",
+               "attempts": self.attempts}
         row.update({f"final_{k}": v for k, v in self.final().items()})
         for name, metrics in self.benchmarks.items():
             row.update({f"bench_{name}_{k}": v for k, v in metrics.items()})
@@ -366,7 +367,8 @@ class Experiment:
                 if row["status"] == "ok":
                     done[(arm, repeat)] = RunResult(arm=arm, repeat=repeat, seed=row["seed"], status="ok",
                                                     history=saved["history"], epochs=row["epochs"],
-                                                    wall_time=row["wall_time"], stages=saved.get("stages", []))
+                                                    wall_time=row["wall_time"], stages=saved.get("stages", []),
+                                                    attempts=row.get("attempts", 1))
         return done
 
     @staticmethod
