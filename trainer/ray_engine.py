@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import os
 import sys
-import time
 import traceback
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +136,6 @@ async def run_on_ray(experiment: Experiment, engine: RayEngine, x, y, *, callbac
     data = ray.put({"x": x, "y": y, "fit_kwargs": fit_kwargs})
     remote = ray.remote(_train_in_worker).options(max_retries=engine.max_retries, retry_exceptions=False,
                                                   **_task_resources(engine.resources_per_run))
-    started = time.perf_counter()
     tasks = {}
     for arm in experiment.arms:
         for repeat in range(experiment.n_repeats):
@@ -178,7 +176,6 @@ async def run_on_ray(experiment: Experiment, engine: RayEngine, x, y, *, callbac
         ray.kill(queue.actor)
     ordered = [runs[(arm, r)] for arm in experiment.arms for r in range(experiment.n_repeats) if (arm, r) in runs]
     result = ExperimentResult(experiment.name, ordered, experiment.output_dir)
-    result.engine_seconds = time.perf_counter() - started
     await shared.fire("on_experiment_end", ctx, result)
     if failed:
         raise RuntimeError(failed[0])
