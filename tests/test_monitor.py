@@ -194,19 +194,21 @@ def test_resumed_run_continues_the_same_mlflow_run_without_duplicate_steps(serve
     assert client.get_run(first_id).info.status == "FINISHED"
 
 
-async def test_experiment_maps_to_mlflow_experiment_parent_and_child_runs(server, toy):
+def build_logistic(config):
+    """An experiment's build: logistic regression on the toy data at `config["lr"]`."""
     import keras
 
     from trainer import Program
 
-    def build(config):
-        inputs = keras.Input((8,))
-        program = Program(inputs=inputs, outputs=keras.layers.Dense(1, activation="sigmoid")(inputs))
-        program.compile(optimizer=keras.optimizers.SGD(config["lr"]), loss="binary_crossentropy")
-        return program
+    inputs = keras.Input((8,))
+    program = Program(inputs=inputs, outputs=keras.layers.Dense(1, activation="sigmoid")(inputs))
+    program.compile(optimizer=keras.optimizers.SGD(config["lr"]), loss="binary_crossentropy")
+    return program
 
+
+async def test_experiment_maps_to_mlflow_experiment_parent_and_child_runs(server, toy):
     monitor = Monitor(tracking_uri=server.uri, log_program=False)
-    experiment = Experiment("mapped", build, {"a": {"lr": 0.1}, "b": {"lr": 0.01}}, n_repeats=2)
+    experiment = Experiment("mapped", build_logistic, {"a": {"lr": 0.1}, "b": {"lr": 0.01}}, n_repeats=2)
     await experiment.run(*toy, epochs=1, callbacks=[monitor])
     client = MlflowClient(server.uri)
     found = client.get_experiment_by_name("mapped")
@@ -223,20 +225,10 @@ async def test_experiment_maps_to_mlflow_experiment_parent_and_child_runs(server
 @pytest.mark.slow
 async def test_experiment_on_ray_gives_the_same_mlflow_hierarchy(server, toy):
     ray = pytest.importorskip("ray")
-    import keras
-
-    from trainer import Program
-
-    def build(config):
-        inputs = keras.Input((8,))
-        program = Program(inputs=inputs, outputs=keras.layers.Dense(1, activation="sigmoid")(inputs))
-        program.compile(optimizer=keras.optimizers.SGD(config["lr"]), loss="binary_crossentropy")
-        return program
-
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         monitor = Monitor(tracking_uri=server.uri, log_program=False)
-        experiment = Experiment("on-ray", build, {"a": {"lr": 0.1}, "b": {"lr": 0.01}}, n_repeats=2)
+        experiment = Experiment("on-ray", build_logistic, {"a": {"lr": 0.1}, "b": {"lr": 0.01}}, n_repeats=2)
         await experiment.run(*toy, epochs=2, callbacks=[monitor], engine="ray")
     finally:
         ray.shutdown()

@@ -335,7 +335,7 @@ class PyDatasetSource(Source):
         if n == 0:
             raise ValueError("the PyDataset is empty (len() == 0); it must give at least one batch.")
         self.num_batches = n
-        self._steps = min(steps_per_epoch, n) if steps_per_epoch and n else (steps_per_epoch or n)
+        self._steps = _epoch_steps(steps_per_epoch, n)
 
     def steps(self) -> int:
         return self._steps
@@ -513,7 +513,7 @@ class GrainSource(Source):
             length = len(dataset)
         except TypeError:
             length = None
-        self._steps = min(steps_per_epoch, length) if steps_per_epoch and length else (steps_per_epoch or length)
+        self._steps = _epoch_steps(steps_per_epoch, length)
         self._first: Batch | None = None
         # The iterator that gave the first batch, kept for the first epoch: a new grain
         # iterator starts its own read-ahead, which a discarded one would have wasted.
@@ -591,6 +591,13 @@ class _Unread:
 
     def close(self):
         _close_grain_iterator(self.iterator)
+
+
+def _epoch_steps(steps_per_epoch: int | None, length: int | None) -> int | None:
+    """Batches per epoch: `steps_per_epoch` capped at the source's length, whichever is known."""
+    if steps_per_epoch and length:
+        return min(steps_per_epoch, length)
+    return steps_per_epoch or length
 
 
 def _close_grain_iterator(iterator) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from callbacks.callback import Callback
 from callbacks.callback_list import CallbackList
+from callbacks.threads import to_host
 
 if TYPE_CHECKING:  # trainer.experiment imports this module; these are only its types
     from trainer.experiment import Experiment, ExperimentContext, ExperimentResult, RunResult
@@ -82,14 +83,7 @@ class _Relay(Callback):
         self.queue, self.key = queue, key
 
     def on_epoch_end(self, epoch, logs=None):
-        self.queue.put(("epoch", self.key, int(epoch), {k: _plain(v) for k, v in (logs or {}).items()}))
-
-
-def _plain(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return str(value)
+        self.queue.put(("epoch", self.key, int(epoch), to_host(logs)))
 
 
 def _train_in_worker(experiment: Experiment, ctx: ExperimentContext, data: dict, run_callbacks, queue) -> RunResult:
