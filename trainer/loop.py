@@ -41,7 +41,7 @@ from keras import tree
 from callbacks.callback import StopTraining, TrainingInterrupted, Update
 from callbacks.callback_list import CallbackList
 from callbacks.threads import FAST_GIL_HANDOFF, in_worker_thread, to_host
-from trainer.backends import first_dim, make_stepper
+from trainer.backends import first_dim, make_stepper, with_keras_settings
 from trainer.benchmark import score as score_benchmark
 from trainer.data import ArraySource, Source
 from trainer.digest import DigestCollector
@@ -176,7 +176,7 @@ class Engine:
             # Compile only, in a worker thread: nothing runs or is donated there, so a
             # cancellation meanwhile leaves the program as it was.
             started = time.perf_counter()
-            await in_worker_thread(stepper.compile_job(kind, *args))
+            await in_worker_thread(with_keras_settings(stepper.compile_job(kind, *args)))
             stepper.compile_seconds[kind] = time.perf_counter() - started
             stepper.seen.add(signature)
         return fn(*args)
@@ -365,7 +365,8 @@ class Engine:
             saving = remaining_steps * (spent / steps) * (1 - CHUNK_STEP_FRACTION)
             if spent < cost and saving < cost:
                 return False
-            stepper.background[signature] = BACKGROUND_COMPILES.submit(_in_background, stepper.compile_job("chunk", batch))
+            stepper.background[signature] = BACKGROUND_COMPILES.submit(
+                _in_background, with_keras_settings(stepper.compile_job("chunk", batch)))
             return False
         if not pending.done():
             return False

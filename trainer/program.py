@@ -19,6 +19,7 @@ from callbacks.callback_list import CallbackList
 from callbacks.progress_bar import ProgressBar, resolve_verbose
 from callbacks.threads import in_worker_thread
 from trainer.backends import on_backend_thread
+from trainer import distributed
 from trainer.benchmark import Benchmark
 from trainer.data import ArraySource, AsyncIterableSource, Source, closing_sources, make_source
 from trainer.history import History
@@ -369,8 +370,8 @@ class Program(keras.Model):
         _check_int("max_attempts", max_attempts, 1)
         _check_int("steps_per_epoch", steps_per_epoch, 1, allow_none=True)
         verbose = resolve_verbose(verbose)
-        if seed is None:
-            seed = int(np.random.SeedSequence().entropy % (2**31))
+        if seed is None:  # drawn once for all processes training together
+            seed = distributed.agree(int(np.random.SeedSequence().entropy % (2**31)))
 
         source = await _source(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
                                steps_per_epoch=steps_per_epoch)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import time
+from typing import Callable
 
 import keras
 from keras.src.backend.common import global_state
@@ -71,9 +73,17 @@ KERAS_SETTINGS = ("dtype_policy", "distribution", "nnx_enabled", "torch_device",
 
 
 def keras_settings() -> dict:
-    """The calling thread's Keras settings that a backend thread must share."""
+    """The calling thread's Keras settings that a backend thread must share (None for one
+    not set, so a pool thread does not keep a setting from an earlier caller)."""
     tracker = global_state.GLOBAL_STATE_TRACKER.__dict__
-    return {key: tracker[key] for key in KERAS_SETTINGS if key in tracker}
+    return {key: tracker.get(key) for key in KERAS_SETTINGS}
+
+
+def with_keras_settings(fn: Callable) -> Callable:
+    """`fn`, to be called in another thread with the calling thread's Keras settings
+    (a distribution decides how variables are created and laid out while tracing)."""
+    keras_state = keras_settings()
+    return functools.partial(_with_keras_state, keras_state, fn)
 
 
 def _with_keras_state(keras_state: dict, fn, *args):
@@ -97,7 +107,7 @@ async def on_backend_thread(fn, *args):
     for torch and TensorFlow, a worker thread for JAX (where it compiles)."""
     if keras.backend.backend() in ("torch", "tensorflow"):
         return await in_backend_thread(fn, *args)
-    return await in_worker_thread(fn, *args)
+    return await in_worker_thread(with_keras_settings(fn), *args)
 
 
 class EagerStepper:

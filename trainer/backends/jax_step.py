@@ -4,6 +4,12 @@ The state `(trainable, non_trainable, optimizer, metrics)` lives here, outside t
 Keras variables, for the whole loop (as in Keras' own JAX trainer). `push()` writes
 it back; whoever then changes a variable (a callback, ReduceLROnPlateau) is seen,
 because the next step reads the state from the variables again.
+
+Under a `keras.distribution` (DataParallel, ModelParallel), each batch is laid out with
+the distribution's data layout before it reaches a step (`trainer.distributed`), and
+the jitted steps keep every state variable's sharding (`out_shardings`, as Keras' JAX
+trainer does); logs, losses and predictions come back replicated, so every process can
+read them whole.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from keras import tree
 
+from trainer import distributed
 from trainer.backends import batch_signature
 
 
@@ -23,7 +30,7 @@ def _has_convolutions(program) -> bool:
                for layer in program._flatten_layers(include_self=False))
 
 
-def _build_functions(program) -> dict:
+def _build_functions(program, layout: distributed.Layout | None) -> dict:
     def compute(state, batch):
         trainable, non_trainable, optimizer_vars, metrics_vars = state
         x, y, sample_weight = batch
@@ -68,14 +75,26 @@ def _build_functions(program) -> dict:
         outputs, _ = program.predict_step((trainable, non_trainable), (x,))
         return outputs
 
+    if layout is None:
+        out = dict.fromkeys(("compute", "apply", "fused", "chunk", "test", "predict", "grad_norm"))
+    else:  # the state keeps its variables' shardings; what the host reads is replicated
+        state, every = layout.state_shardings(program), layout.replicated
+        out = {"compute": (every, state[0], every, None), "apply": (every, state), "fused": (every, every, state),
+               "chunk": (every, every, state), "test": (every, state[3]), "predict": every, "grad_norm": every}
+
+    def jit(fn, kind: str, **kwargs):
+        if out[kind] is None:
+            return jax.jit(fn, **kwargs)
+        return jax.jit(fn, out_shardings=out[kind], **kwargs)
+
     return {
-        "compute": jax.jit(compute),
-        "apply": jax.jit(apply, donate_argnums=0),
-        "fused": jax.jit(fused, donate_argnums=0),
-        "chunk": jax.jit(chunk, donate_argnums=0),
-        "test": jax.jit(test),  # no donation: the metric variables keep readable values
-        "predict": jax.jit(predict),
-        "grad_norm": jax.jit(_global_norm),
+        "compute": jit(compute, "compute"),
+        "apply": jit(apply, "apply", donate_argnums=0),
+        "fused": jit(fused, "fused", donate_argnums=0),
+        "chunk": jit(chunk, "chunk", donate_argnums=0),
+        "test": jit(test, "test"),  # no donation: the metric variables keep readable values
+        "predict": jit(predict, "predict"),
+        "grad_norm": jit(_global_norm, "grad_norm"),
     }
 
 
@@ -84,20 +103,23 @@ class Stepper:
 
     def __init__(self, program):
         self.program = program
+        # The distribution active where the call was made (Keras keeps it per thread).
+        self.layout = distributed.Layout.current()
+        key = "jax" if self.layout is None else f"jax@{self.layout.key}"
         cache = program.__dict__.setdefault("_asyncfit_compiled", {})
-        if "jax" not in cache:
-            cache["jax"] = _build_functions(program)
-        self.fns = cache["jax"]
+        if key not in cache:
+            cache[key] = _build_functions(program, self.layout)
+        self.fns = cache[key]
         self.state = None
         self.eval_metrics = None
         self._stale = True  # the variables may be newer than self.state
         self._synced = True  # the variables hold self.state
         # Kept with the compiled functions, so a program's later fits know what is compiled
         # (and compile() forgets it with them).
-        self.seen: set = cache.setdefault("jax_seen", set())
-        self.background: dict = cache.setdefault("jax_background", {})  # signature -> a compile under way
-        self.compile_seconds: dict = cache.setdefault("jax_compile_seconds", {})  # kind -> seconds it took
-        self.single_seconds: dict = cache.setdefault("jax_single_seconds", {})  # chunk signature -> seconds
+        self.seen: set = cache.setdefault(f"{key}_seen", set())
+        self.background: dict = cache.setdefault(f"{key}_background", {})  # signature -> a compile under way
+        self.compile_seconds: dict = cache.setdefault(f"{key}_compile_seconds", {})  # kind -> seconds it took
+        self.single_seconds: dict = cache.setdefault(f"{key}_single_seconds", {})  # chunk signature -> seconds
 
     # -- state ---------------------------------------------------------------------
     def _pull(self):
@@ -144,15 +166,21 @@ class Stepper:
         return (kind, batch_signature(batch))
 
     # -- compiling ---------------------------------------------------------------------
+    def _placed(self, batch, stacked: bool = False):
+        """`batch` laid out with the distribution's data layout (as it is, without one)."""
+        return batch if self.layout is None else self.layout.place(batch, stacked)
+
     def _jitted_call(self, kind: str, *args) -> tuple:
         """The jitted function and its arguments behind the step method of `kind`."""
-        if kind in ("fused", "chunk", "compute", "apply"):  # (state, batch) or (state, grads, aux)
+        if kind in ("fused", "chunk", "compute"):  # (state, batch)
+            return self.fns[kind], (self._current(), self._placed(args[0], stacked=kind == "chunk"))
+        if kind == "apply":  # (state, grads, aux)
             return self.fns[kind], (self._current(), *args)
         trainable, non_trainable, _, _ = self._current()
         if kind == "test":
-            return self.fns["test"], (trainable, non_trainable, self.eval_metrics, args[0])
+            return self.fns["test"], (trainable, non_trainable, self.eval_metrics, self._placed(args[0]))
         if kind == "predict":
-            return self.fns["predict"], (trainable, non_trainable, args[0])
+            return self.fns["predict"], (trainable, non_trainable, self._placed(args[0]))
         raise ValueError(f"unknown step kind {kind!r}")
 
     def compile_job(self, kind: str, *args):
@@ -166,7 +194,7 @@ class Stepper:
 
     # -- steps -----------------------------------------------------------------------
     def compute(self, batch):
-        loss, grads, grad_norm, aux = self.fns["compute"](self._current(), batch)
+        loss, grads, grad_norm, aux = self.fns["compute"](self._current(), self._placed(batch))
         return loss, grads, grad_norm, aux
 
     def apply(self, grads, aux):
@@ -175,7 +203,7 @@ class Stepper:
         return logs
 
     def train_step(self, batch):
-        logs, loss, self.state = self.fns["fused"](self._current(), batch)
+        logs, loss, self.state = self.fns["fused"](self._current(), self._placed(batch))
         self._synced = False
         return logs, loss
 
@@ -183,7 +211,7 @@ class Stepper:
 
     def train_chunk(self, batches):
         """len(batches[0]) steps in one dispatch; returns (logs after the last, per-step losses)."""
-        logs, losses, self.state = self.fns["chunk"](self._current(), batches)
+        logs, losses, self.state = self.fns["chunk"](self._current(), self._placed(batches, stacked=True))
         self._synced = False
         return logs, losses
 
@@ -200,12 +228,12 @@ class Stepper:
 
     def test_step(self, batch):
         trainable, non_trainable, _, _ = self._current()
-        logs, self.eval_metrics = self.fns["test"](trainable, non_trainable, self.eval_metrics, batch)
+        logs, self.eval_metrics = self.fns["test"](trainable, non_trainable, self.eval_metrics, self._placed(batch))
         return logs
 
     def predict_step(self, x):
         trainable, non_trainable, _, _ = self._current()
-        return self.fns["predict"](trainable, non_trainable, x)
+        return self.fns["predict"](trainable, non_trainable, self._placed(x))
 
     def wait(self, value) -> None:
         """Block until `value` (any pytree of arrays) is computed."""
