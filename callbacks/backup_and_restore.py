@@ -8,6 +8,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -17,9 +18,10 @@ import warnings
 import keras
 import numpy as np
 
-from callbacks import signals
+from callbacks import sharded_state, signals
 from callbacks.atomic import atomic_write, fsync_dir
 from callbacks.callback import Callback, ManifestRow
+from callbacks.processes import any_process, is_chief, process_count
 from callbacks.safe_state import decode, dumps, encode, loads
 
 # Format 2: the metadata and every callback's state as JSON, arrays beside it; nothing is
@@ -71,6 +73,12 @@ def set_global_rng_state(state: dict) -> None:
         import tensorflow as tf
 
         tf.random.get_global_generator().reset(state["tensorflow"])
+
+
+def _process_index() -> int:
+    import jax
+
+    return jax.process_index()
 
 
 def host_view(value) -> np.ndarray:
@@ -135,6 +143,13 @@ class BackupAndRestore(Callback):
       signal ends the process at once.
     - The variables are copied to host memory at the backup point; the file is
       written in a worker thread while training goes on.
+    - Under a `keras.distribution` (JAX), the variables go to an orbax-checkpoint
+      folder beside the file (`backup-<step>.orbax`): each process writes its own
+      shards, nothing is gathered on one host. Several processes share one
+      `backup_dir` (a shared file system across hosts); process 0 writes the file
+      that names the folder, once every process has written its part. A backup
+      resumes on the same device layout exactly, and on another one too (orbax reads
+      the slices each device needs).
 
     Args:
         backup_dir: folder for the backups and the lock file.
@@ -197,6 +212,8 @@ class BackupAndRestore(Callback):
         self._host_buffers: dict[str, np.ndarray] = {}
         self._lock_fd: int | None = None
         self._lock_key = ""
+        self._sharded: sharded_state.ShardedWriter | None = None  # under a distribution: orbax
+        self._chief = True
         if save_freq == "epoch":
             self.on_train_batch_end = None  # nothing per batch: fused chunks stay on
 
@@ -205,7 +222,8 @@ class BackupAndRestore(Callback):
 
     @property
     def lock_path(self) -> str:
-        return os.path.join(self.backup_dir, "lock")
+        # Several processes of one run share the folder: each holds a lock of its own.
+        return os.path.join(self.backup_dir, "lock" if self._chief else f"lock-{_process_index()}")
 
     def backups(self) -> list[str]:
         """Backup files, newest first."""
@@ -214,10 +232,17 @@ class BackupAndRestore(Callback):
 
     # -- start: lock, restore, signals -------------------------------------------------------
     def on_train_begin(self, logs=None):
+        self._chief = is_chief()
         os.makedirs(self.backup_dir, exist_ok=True)
         self._acquire_lock()
-        for stale in glob.glob(os.path.join(self.backup_dir, ".tmp-*")):
-            os.remove(stale)  # a write cut short by a kill
+        if self._chief:
+            for stale in glob.glob(os.path.join(self.backup_dir, ".tmp-*")):
+                os.remove(stale)  # a write cut short by a kill
+            for stale in os.listdir(self.backup_dir):
+                if sharded_state.is_temporary(stale):
+                    shutil.rmtree(os.path.join(self.backup_dir, stale), ignore_errors=True)
+        if sharded_state.in_use():
+            self._sharded = sharded_state.ShardedWriter()
         program, run = self.program, self.run_state
         self._fingerprint = run_fingerprint(program, run)
         params = self.params or {}
@@ -241,7 +266,7 @@ class BackupAndRestore(Callback):
                     "Resume with the same program, optimizer, data and epochs, or use another backup_dir "
                     "(or delete this one) to start over."
                 )
-            self._restore(meta, arrays, program, run)
+            self._restore(meta, arrays, program, run, path)
             self.restored_from = path
             break
         self._last_step = program.step_count
@@ -250,14 +275,18 @@ class BackupAndRestore(Callback):
         run.value_watchers.append(self._check_write)
         self._install_signal_handlers()
 
-    def _restore(self, meta: dict, arrays: dict, program, run) -> None:
+    def _restore(self, meta: dict, arrays: dict, program, run, path: str) -> None:
+        keyed = {}
         for group, variables in self._variable_groups(program).items():
             count = meta["counts"][group]
             if count != len(variables):
                 raise ValueError(f"BackupAndRestore: the backup has {count} {group} variables, the program "
                                  f"{len(variables)}.")
-            for i, variable in enumerate(variables):
-                variable.assign(arrays[f"{group}{i}"])
+            keyed.update((f"{group}{i}", variable) for i, variable in enumerate(variables))
+        if meta.get("sharded"):
+            arrays = sharded_state.restore(self._sharded_path(path), keyed)
+        for key, variable in keyed.items():
+            variable.assign(arrays[key])
         program.step_count = meta["step_count"]
         set_global_rng_state(meta.get("rng", {}))
         if self._callback_list is not None:
@@ -291,11 +320,17 @@ class BackupAndRestore(Callback):
             await self._backup()
 
     def _due(self, per_batch: bool) -> bool:
-        time_due = self.save_time_interval is None or time.monotonic() - self._last_time >= self.save_time_interval
         if self.save_freq == "epoch":
-            return not per_batch and time_due
-        steps_due = self._program.step_count - self._last_step >= self.save_freq
-        return steps_due and time_due
+            if per_batch:
+                return False
+        elif self._program.step_count - self._last_step < self.save_freq:
+            return False
+        if self.save_time_interval is None:
+            return True
+        time_due = time.monotonic() - self._last_time >= self.save_time_interval
+        if process_count() > 1:  # the processes' clocks differ: all back up when one is due
+            (time_due,) = any_process(time_due)
+        return time_due
 
     # -- writing ------------------------------------------------------------------------------
     def _snapshot(self) -> tuple[dict, bytes, dict]:
@@ -310,6 +345,9 @@ class BackupAndRestore(Callback):
             counts[group] = len(variables)
             for i, variable in enumerate(variables):
                 key = f"{group}{i}"
+                if self._sharded is not None:
+                    arrays[key] = variable.value  # orbax copies each process's shards
+                    continue
                 value = host_view(variable.value)
                 buffer = self._host_buffers.get(key)
                 if buffer is None or buffer.shape != value.shape or buffer.dtype != value.dtype:
@@ -319,6 +357,7 @@ class BackupAndRestore(Callback):
         meta = {
             "format": BACKUP_FORMAT, "epoch": run.epoch, "batch": run.batch, "step_count": program.step_count,
             "seed": run.seed, "fingerprint": self._fingerprint, "counts": counts, "time": time.time(),
+            "sharded": self._sharded is not None,
             # Mid-epoch, where the data reader stands when it can say (grain's iterator state).
             "source_state": getattr(run.stream, "state", None) if run.batch else None,
         }
@@ -340,7 +379,12 @@ class BackupAndRestore(Callback):
         self._last_step = meta["step_count"]
         self._last_time = time.monotonic()
         started = time.perf_counter()
-        self._pending = asyncio.ensure_future(asyncio.to_thread(self._write, self._path(meta), payload, arrays))
+        path = self._path(meta)
+        if self._sharded is not None:
+            variables = {key: value for key, value in arrays.items() if not key.startswith(("__rng__", "__state__"))}
+            arrays = {key: value for key, value in arrays.items() if key not in variables}
+            self._sharded.start(self._sharded_path(path), variables)  # every process: its own shards
+        self._pending = asyncio.ensure_future(asyncio.to_thread(self._write, path, payload, arrays))
         self._pending.add_done_callback(lambda task: task.exception())  # surfaced by the next await
         if self._callback_list is not None and self._callback_list.wants("on_checkpoint"):
             await self._flush()
@@ -359,14 +403,27 @@ class BackupAndRestore(Callback):
     def _path(self, meta: dict) -> str:
         return os.path.join(self.backup_dir, f"backup-{meta['step_count']:010d}.npz")
 
+    @staticmethod
+    def _sharded_path(path: str) -> str:
+        return path[: -len(".npz")] + ".orbax"
+
     def _write(self, path: str, payload: bytes, arrays: dict) -> None:
+        if self._sharded is not None:
+            self._sharded.wait()  # the variables' folder is committed before the file that names it
+        if not self._chief:
+            return
+
         def write(tmp: str) -> None:
             with open(tmp, "wb") as handle:
                 np.savez(handle, __meta__=np.frombuffer(payload, dtype=np.uint8), **arrays)
 
         atomic_write(path, write)
         for old in self.backups()[self.keep:]:
-            os.remove(old)
+            self._remove(old)
+
+    def _remove(self, path: str) -> None:
+        os.remove(path)  # the file first: a folder without its file is never read
+        shutil.rmtree(self._sharded_path(path), ignore_errors=True)
 
     @staticmethod
     def _read(path: str, allow_legacy_pickle: bool = False) -> tuple[dict, dict]:
@@ -433,10 +490,10 @@ class BackupAndRestore(Callback):
         try:
             await self._flush()
             run = self.run_state
-            delete = self.delete_checkpoint and not (run is not None and run.keep_backup)
+            delete = self.delete_checkpoint and not (run is not None and run.keep_backup) and self._chief
             if delete:
                 for path in self.backups():
-                    os.remove(path)
+                    self._remove(path)
                 fsync_dir(self.backup_dir)
         finally:
             self._end()
@@ -454,6 +511,9 @@ class BackupAndRestore(Callback):
 
     def _end(self) -> None:
         self._host_buffers = {}
+        sharded, self._sharded = self._sharded, None
+        if sharded is not None:
+            sharded.close()
         self._remove_signal_handlers()
         self._release_lock()
 

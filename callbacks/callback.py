@@ -137,6 +137,10 @@ class Callback:
         callback_order: int, default 0. Callbacks run sorted by it (stable, so
             ties keep list order). Built-in writers use 10, so user callbacks can
             fill `logs` before they are written.
+        chief_only: bool, default False. When several processes train together
+            (`keras.distribution.initialize`), a callback with `chief_only = True`
+            runs on process 0 alone (the built-in writers: CSVLogger, Monitor,
+            ProgramCheckpoint, PredictionsWriter, the progress bar).
 
     Example:
         ```python
@@ -149,6 +153,7 @@ class Callback:
     """
 
     callback_order: int = 0
+    chief_only: bool = False
     # Per-hook exceptions to callback_order, e.g. {"on_train_begin": -100} to restore
     # state before anyone else starts while still saving after everyone else.
     hook_order: dict = {}

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from callbacks.callback import ALL_HOOKS, KERAS_HOOKS, Callback, StopTraining, Update, overrides
+from callbacks.processes import is_chief
 from callbacks.threads import to_host
 
 
@@ -79,6 +80,8 @@ class CallbackList:
 
     def __init__(self, callbacks: Iterable = (), program=None, params: dict | None = None):
         converted = [_as_callback(cb) for cb in callbacks or ()]
+        if not is_chief():  # several processes: what is written once is written by process 0
+            converted = [cb for cb in converted if not getattr(cb, "chief_only", False)]
         # sorted() is stable: ties keep list order.
         self.callbacks = sorted(converted, key=lambda cb: getattr(cb, "callback_order", 0))
         self._table: dict[str, tuple] = {}

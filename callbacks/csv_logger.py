@@ -33,6 +33,7 @@ class CSVLogger(Callback):
     """
 
     callback_order = 10
+    chief_only = True  # several processes: written by process 0 alone (callbacks.processes)
 
     def __init__(self, filepath: str, separator: str = ",", append: bool = False):
         super().__init__()

@@ -86,6 +86,7 @@ class Monitor(Callback):
     """
 
     callback_order = 10
+    chief_only = True  # several processes: written by process 0 alone (callbacks.processes)
 
     def __init__(self, experiment_name: str | None = None, run_name: str | None = None,
                  tracking_uri: str | None = None, log_batch_metrics: bool = False, log_epoch_metrics: bool = True,

@@ -29,6 +29,7 @@ class PredictionsWriter(Callback):
     """
 
     callback_order = 10
+    chief_only = True  # several processes: written by process 0 alone (callbacks.processes)
 
     def __init__(self, directory: str):
         super().__init__()

@@ -44,6 +44,7 @@ class ProgramCheckpoint(MonitorCallback):
     """
 
     callback_order = 10
+    chief_only = True  # several processes: written by process 0 alone (callbacks.processes)
     keras_name = "ModelCheckpoint"  # in messages Keras users search for
 
     def __init__(self, filepath: str, monitor: str = "val_loss", mode: str = "auto", save_best_only: bool = False,

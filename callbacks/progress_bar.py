@@ -35,6 +35,7 @@ class ProgressBar(Callback):
     """
 
     callback_order = 20  # after the writers: show what they logged
+    chief_only = True  # several processes: written by process 0 alone (callbacks.processes)
 
     def __init__(self, verbose: int = 1, interval: float = 0.1):
         super().__init__()

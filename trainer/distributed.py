@@ -16,33 +16,7 @@ from typing import Any
 import keras
 import numpy as np
 
-
-def process_count() -> int:
-    """How many processes train together (1 without `keras.distribution.initialize`)."""
-    if keras.backend.backend() != "jax":
-        return 1
-    import jax
-
-    return jax.process_count()
-
-
-def agree(value: int) -> int:
-    """Process 0's `value` on every process (a random seed drawn in each, for instance)."""
-    if process_count() == 1:
-        return value
-    from jax.experimental import multihost_utils
-
-    return int(multihost_utils.broadcast_one_to_all(np.asarray(value, dtype=np.int64)))
-
-
-def any_process(flag: bool) -> bool:
-    """Whether `flag` is True on any process: a decision every process then takes together."""
-    if process_count() == 1:
-        return flag
-    from jax.experimental import multihost_utils
-
-    flags = multihost_utils.process_allgather(np.asarray([flag], dtype=np.int32))
-    return bool(np.asarray(flags).any())
+from callbacks.processes import agree, any_process, is_chief, process_count  # noqa: F401 (re-exported)
 
 
 class Layout:

@@ -41,6 +41,7 @@ from keras import tree
 from callbacks.callback import StopTraining, TrainingInterrupted, Update
 from callbacks.callback_list import CallbackList
 from callbacks.threads import FAST_GIL_HANDOFF, in_worker_thread, to_host
+from callbacks.processes import any_process, process_count
 from trainer.backends import first_dim, make_stepper, with_keras_settings
 from trainer.benchmark import score as score_benchmark
 from trainer.data import ArraySource, Source
@@ -56,6 +57,7 @@ DEFAULT_COMPILE_S = 0.3  # what a fused step's compile is taken to cost when thi
 CHUNK_COMPILE_FACTOR = 1.5  # a chunk's compile against its single step's (a scan around it)
 CHUNK_STEP_FRACTION = 0.25  # a step inside a chunk against a single step, as a rough prior
 CHUNKS_AT_ONCE = False  # True: compile the chunk at its first use and wait for it (tests use it)
+AGREE_EVERY = 16  # several processes: how many steps apart they agree on a signal or a stop
 
 STEP_STAGE_HOOKS = ("on_compute_update_begin", "on_compute_update_end", "before_parameter_update")
 PER_BATCH_HOOKS = STEP_STAGE_HOOKS + ("on_train_batch_begin", "on_train_batch_end")
@@ -163,6 +165,7 @@ class Engine:
         self.callbacks = callbacks
         self.stepper = make_stepper(program)
         self.pacer = Pacer(self.stepper)
+        self.processes = process_count()
 
     async def run(self, kind: str, batch, fn: Callable, *args):
         """Call `fn(*args)`, a step on `batch`. Torch and TensorFlow: on the backend thread,
@@ -255,6 +258,10 @@ class Engine:
                 run.epoch, run.batch = epoch + 1, 0
                 if hooks.wants("on_epoch_end"):
                     await hooks.fire("on_epoch_end", epoch, epoch_logs)
+                if self.processes > 1:
+                    await self._agree_to_stop(run)
+                    if run.interrupted is not None:
+                        await self._interrupt(run)
                 if program.stop_training:
                     break
                 await self.pacer.breathe()
@@ -317,7 +324,10 @@ class Engine:
         steps_per_epoch = run.source.steps()
         for kind, batch in run.source.epoch_chunks(epoch, first, CHUNK_STEPS):
             remaining = (run.epochs - epoch) * steps_per_epoch - run.batch
-            if kind == "chunk" and (CHUNKS_AT_ONCE or self._chunk_compiled(batch, remaining)):
+            # Several processes run the same steps in lockstep: when to switch to chunks
+            # cannot hang on each one's timings, so they compile the chunk at once.
+            at_once = CHUNKS_AT_ONCE or self.processes > 1
+            if kind == "chunk" and (at_once or self._chunk_compiled(batch, remaining)):
                 # The chunk's per-step losses, as they are: indexing one out here would compile a
                 # small op on the event loop's thread.
                 logs, run.batch_loss = await self.run("chunk", batch, stepper.train_chunk, batch)
@@ -414,8 +424,20 @@ class Engine:
         run.batch += steps
         for watch in run.value_watchers:
             watch(counts["_step_count"] - steps + 1, run.batch_loss, logs)
+        if self.processes > 1 and counts["_step_count"] // AGREE_EVERY > (counts["_step_count"] - steps) // AGREE_EVERY:
+            await self._agree_to_stop(run)
         if run.interrupted is not None:
             await self._interrupt(run)
+
+    async def _agree_to_stop(self, run: RunState) -> None:
+        """Several processes: a signal, or a stop asked for on one of them, stops them all
+        at the same step (each is waiting for the others in every step)."""
+        program = self.program
+        interrupted, stop = await in_worker_thread(any_process, run.interrupted is not None, program.stop_training)
+        if interrupted and run.interrupted is None:
+            run.interrupted = "a signal on another process"
+        if stop:
+            program.stop_training = True
 
     async def _interrupt(self, run: RunState) -> None:
         """A signal came: the current step is done; let the handlers back up, then end fit."""
