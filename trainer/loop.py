@@ -155,6 +155,9 @@ class RunState:
     # (grain's iterator state) goes into backups, and comes back as `resume_state`.
     stream: Any = None
     resume_state: Any = None
+    # Several processes: the stop and the interrupt they last agreed on (`Engine._agree_to_stop`).
+    agreed_stop: bool = False
+    agreed_interrupt: bool = False
 
 
 class Engine:
@@ -241,7 +244,9 @@ class Engine:
                             logs = await self._batch_by_batch(run, batches, split, max_attempts)
                     finally:
                         await close_stream(batches)
-                if run.interrupted is not None:
+                if self.processes > 1:
+                    await self._agree_to_stop(run)  # the epoch's data ended alike everywhere
+                if self._interrupting(run):
                     await self._interrupt(run)
                 if logs is None and first > 0:
                     logs = await self.backend(stepper.metrics_result)  # resumed right at the end of an epoch
@@ -260,9 +265,9 @@ class Engine:
                     await hooks.fire("on_epoch_end", epoch, epoch_logs)
                 if self.processes > 1:
                     await self._agree_to_stop(run)
-                    if run.interrupted is not None:
+                    if self._interrupting(run):
                         await self._interrupt(run)
-                if program.stop_training:
+                if self._stopping(run):
                     break
                 await self.pacer.breathe()
             else:
@@ -309,7 +314,7 @@ class Engine:
             await self._steps_done(run, 1, logs)
             if wants_batch_end:
                 await hooks.fire("on_train_batch_end", run.batch - 1, logs)
-            if program.stop_training:
+            if self._stopping(run):
                 break
             await self.pacer.tick(logs)
         return logs
@@ -332,7 +337,7 @@ class Engine:
                 # small op on the event loop's thread.
                 logs, run.batch_loss = await self.run("chunk", batch, stepper.train_chunk, batch)
                 await self._steps_done(run, CHUNK_STEPS, logs)
-                if program.stop_training:
+                if self._stopping(run):
                     break
                 await self.pacer.tick(logs)
                 continue
@@ -342,7 +347,7 @@ class Engine:
             for single in singles:
                 logs, run.batch_loss = await self.run("fused", single, stepper.train_step, single)
                 await self._steps_done(run, 1, logs)
-                if program.stop_training:
+                if self._stopping(run):
                     return logs
                 await self.pacer.tick(logs)
             if kind == "chunk":
@@ -426,18 +431,26 @@ class Engine:
             watch(counts["_step_count"] - steps + 1, run.batch_loss, logs)
         if self.processes > 1 and counts["_step_count"] // AGREE_EVERY > (counts["_step_count"] - steps) // AGREE_EVERY:
             await self._agree_to_stop(run)
-        if run.interrupted is not None:
+        if self._interrupting(run):
             await self._interrupt(run)
 
+    # Several processes wait for each other in every step, so a signal or a stop asked for
+    # on one of them is acted on when they have agreed on it (every AGREE_EVERY steps and
+    # at each epoch's end), by all of them at the same step.
     async def _agree_to_stop(self, run: RunState) -> None:
-        """Several processes: a signal, or a stop asked for on one of them, stops them all
-        at the same step (each is waiting for the others in every step)."""
         program = self.program
         interrupted, stop = await in_worker_thread(any_process, run.interrupted is not None, program.stop_training)
         if interrupted and run.interrupted is None:
             run.interrupted = "a signal on another process"
+        run.agreed_interrupt, run.agreed_stop = interrupted, stop
         if stop:
             program.stop_training = True
+
+    def _interrupting(self, run: RunState) -> bool:
+        return run.interrupted is not None if self.processes == 1 else run.agreed_interrupt
+
+    def _stopping(self, run: RunState) -> bool:
+        return self.program.stop_training if self.processes == 1 else run.agreed_stop
 
     async def _interrupt(self, run: RunState) -> None:
         """A signal came: the current step is done; let the handlers back up, then end fit."""

@@ -2,11 +2,12 @@
 
     python distributed_fit.py OUT [--processes N --process-id I --port P] [--devices D]
         [--layout none|data|model] [--backup DIR --save-freq K] [--die-at-step S]
-        [--staged] [--epochs E] [--csv FILE]
+        [--term-at-step S] [--seed N] [--staged] [--epochs E] [--csv FILE]
 
 Writes OUT (an .npz): the final weights, the loss history, the evaluate/predict results,
 the input shardings a layer saw inside the compiled steps, and the hidden kernel's
-sharding after fit. `--die-at-step S` SIGKILLs this process right after step S.
+sharding after fit. `--die-at-step S` SIGKILLs this process right after step S,
+`--term-at-step S` SIGTERMs it.
 """
 import argparse
 import asyncio
@@ -25,6 +26,8 @@ parser.add_argument("--layout", choices=("none", "data", "model"), default="data
 parser.add_argument("--backup")
 parser.add_argument("--save-freq", type=int, default=8)
 parser.add_argument("--die-at-step", type=int)
+parser.add_argument("--term-at-step", type=int, help="SIGTERM this process right after this step")
+parser.add_argument("--seed", type=int, default=5, help="the shuffle seed; -1: none (drawn, and agreed)")
 parser.add_argument("--staged", action="store_true", help="a before_parameter_update hook that rejects once")
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--csv")
@@ -55,10 +58,14 @@ class InspectSharding(keras.layers.Layer):
         return x
 
 
-class DieAt(Callback):
+class SignalAt(Callback):
+    def __init__(self, step: int, sig: int):
+        super().__init__()
+        self.step, self.sig = step, sig
+
     def on_train_batch_end(self, batch, logs=None):
-        if self.program.step_count == args.die_at_step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.program.step_count == self.step:
+            os.kill(os.getpid(), self.sig)
 
 
 class RejectOnce(Callback):
@@ -100,12 +107,15 @@ async def main():
     if args.backup:
         callbacks.append(BackupAndRestore(args.backup, save_freq=args.save_freq))
     if args.die_at_step is not None:
-        callbacks.append(DieAt())
+        callbacks.append(SignalAt(args.die_at_step, signal.SIGKILL))
+    if args.term_at_step is not None:
+        callbacks.append(SignalAt(args.term_at_step, signal.SIGTERM))
     if args.staged:
         callbacks.append(RejectOnce())
     if args.csv:
         callbacks.append(CSVLogger(args.csv))
-    history = await program.fit(x, y, batch_size=64, epochs=args.epochs, seed=5, verbose=0, callbacks=callbacks)
+    history = await program.fit(x, y, batch_size=64, epochs=args.epochs,
+                                  seed=None if args.seed < 0 else args.seed, verbose=0, callbacks=callbacks)
     evaluated = await program.evaluate(x, y, batch_size=64, verbose=0)
     predicted = await program.predict(x[:100], batch_size=64, verbose=0)
     kernel = program.get_layer("hidden").kernel.value

@@ -1,0 +1,212 @@
+"""keras.distribution on JAX: sharded batches and state, several processes, sharded backups.
+
+Each run is a real process (tests/scripts/distributed_fit.py) with CPU devices faked by
+XLA_FLAGS, which must be set before JAX starts; several processes join through
+`keras.distribution.initialize` on a local port, and are killed with real signals.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BACKEND
+
+pytestmark = [pytest.mark.slow, pytest.mark.jax_only,
+              pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution runs on JAX")]
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "distributed_fit.py")
+TIMEOUT = 240
+
+
+def _port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]
+
+
+def _command(out, *args) -> list:
+    return [sys.executable, SCRIPT, str(out), *map(str, args)]
+
+
+def run_one(out, *args) -> dict:
+    done = subprocess.run(_command(out, *args), capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return load(out)
+
+
+def start_two(tmp_path, name: str, *args, extra=((), ())) -> list:
+    """Two processes x 2 CPU devices; `extra` adds arguments to process 0 and 1."""
+    port = _port()
+    return [subprocess.Popen(_command(tmp_path / f"{name}-{i}.npz", "--processes", 2, "--process-id", i,
+                                      "--port", port, "--devices", 2, *args, *extra[i]),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(2)]
+
+
+def finish(processes) -> list[str]:
+    outputs = []
+    try:
+        for process in processes:
+            outputs.append(process.communicate(timeout=TIMEOUT)[0])
+    finally:
+        for process in processes:
+            process.kill()
+    return outputs
+
+
+def load(path) -> dict:
+    with np.load(path) as data:
+        result = json.loads(data["info"].tobytes())
+        result["weights"] = [data[f"arr_{i}"] for i in range(sum(k.startswith("arr_") for k in data.files))]
+        result["predicted"] = data["predicted"]
+    return result
+
+
+def assert_close(a: dict, b: dict, exact: bool = False) -> None:
+    assert len(a["weights"]) == len(b["weights"])
+    for wa, wb in zip(a["weights"], b["weights"]):
+        if exact:
+            np.testing.assert_array_equal(wa, wb)
+        else:
+            np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["predicted"], b["predicted"], rtol=1e-5, atol=1e-5)
+    for key in a["evaluate"]:
+        np.testing.assert_allclose(a["evaluate"][key], b["evaluate"][key], rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def one_device(tmp_path_factory):
+    return run_one(tmp_path_factory.mktemp("one") / "r.npz", "--layout", "none", "--devices", 1)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """2 processes x 2 devices, DataParallel, uninterrupted; process 0 alone writes the CSV."""
+    tmp = tmp_path_factory.mktemp("two")
+    outputs = finish(start_two(tmp, "full", "--layout", "data",
+                               extra=(("--csv", tmp / "log-0.csv"), ("--csv", tmp / "log-1.csv"))))
+    assert all(os.path.exists(tmp / f"full-{i}.npz") for i in range(2)), outputs
+    return tmp, [load(tmp / f"full-{i}.npz") for i in range(2)]
+
+
+def test_data_parallel_shards_the_batch_inside_the_step_and_matches_one_device(tmp_path, one_device):
+    sharded = run_one(tmp_path / "data.npz", "--layout", "data", "--devices", 4)
+    # Inside the compiled step the batch is split along the batch axis (the short last
+    # batch of 6 rows does not split over 4 devices: it is computed whole on each).
+    assert "P('batch',)" in sharded["seen"]
+    assert one_device["seen"] == ["single"]
+    assert sharded["devices"] == 4 and sharded["step_count"] == one_device["step_count"] == 51
+    assert_close(sharded, one_device)
+
+
+def test_step_stages_reject_and_retry_run_sharded(tmp_path, one_device):
+    staged = run_one(tmp_path / "staged.npz", "--layout", "data", "--devices", 4, "--staged")
+    assert "P('batch',)" in staged["seen"]
+    assert_close(staged, one_device)  # every first attempt rejected: the retried updates are the same
+
+
+def test_model_parallel_kernel_stays_sharded_and_its_backup_resumes_exactly(tmp_path, one_device):
+    full = run_one(tmp_path / "full.npz", "--layout", "model", "--devices", 4)
+    assert full["kernel_spec"] == "PartitionSpec(None, 'model')" or full["kernel_spec"] == "P(None, 'model')"
+    assert "P('batch',)" in full["seen"]
+    assert_close(full, one_device)
+
+    backup = tmp_path / "backup"
+    killed = subprocess.run(_command(tmp_path / "killed.npz", "--layout", "model", "--devices", 4, "--backup", backup,
+                                     "--die-at-step", 20), capture_output=True, text=True, timeout=TIMEOUT)
+    assert killed.returncode == -signal.SIGKILL
+    names = sorted(os.listdir(backup))
+    assert "backup-0000000016.npz" in names and "backup-0000000016.orbax" in names  # orbax: sharded variables
+    shutil.copytree(backup, tmp_path / "backup-copy")
+
+    resumed = run_one(tmp_path / "resumed.npz", "--layout", "model", "--devices", 4, "--backup", backup)
+    assert resumed["kernel_spec"] == full["kernel_spec"]
+    assert_close(resumed, full, exact=True)
+    assert not os.path.exists(backup)  # a finished run deletes its backups
+
+    # The same backup onto another layout (DataParallel: the kernel replicated): orbax
+    # reads the slices each device needs; equal within float tolerance.
+    other = run_one(tmp_path / "other.npz", "--layout", "data", "--devices", 4, "--backup", tmp_path / "backup-copy")
+    assert other["kernel_spec"] == "P(None, None)" or other["kernel_spec"] == "PartitionSpec(None, None)"
+    assert_close(other, full)
+
+
+def test_two_processes_equal_one_process_and_only_process_0_writes(tmp_path, two_processes, one_device):
+    tmp, (first, second) = two_processes
+    assert first["process_count"] == second["process_count"] == 2 and first["devices"] == 4
+    assert "P('batch',)" in first["seen"]
+    assert_close(first, second, exact=True)  # History, logs, predictions: the same everywhere
+    assert first["loss"] == second["loss"] and first["evaluate"] == second["evaluate"]
+    four = run_one(tmp_path / "four.npz", "--layout", "data", "--devices", 4)
+    assert_close(first, four)
+    assert_close(first, one_device)
+    assert os.path.exists(tmp / "log-0.csv") and not os.path.exists(tmp / "log-1.csv")
+    with open(tmp / "log-0.csv") as handle:
+        assert len(handle.read().strip().splitlines()) == 1 + 3  # a header and three epochs
+
+
+def test_a_drawn_seed_is_agreed_by_every_process(tmp_path):
+    outputs = finish(start_two(tmp_path, "drawn", "--layout", "data", "--seed", -1, "--epochs", 1))
+    first, second = (load(tmp_path / f"drawn-{i}.npz") for i in range(2))
+    assert_close(first, second, exact=True), outputs
+
+
+def test_sigkill_one_process_then_restart_both_resumes_exactly(tmp_path, two_processes):
+    _, (full, _) = two_processes
+    backup = tmp_path / "backup"
+    processes = start_two(tmp_path, "run", "--layout", "data", "--backup", backup, extra=((), ("--die-at-step", 20)))
+    assert processes[1].wait(timeout=TIMEOUT) == -signal.SIGKILL
+    processes[0].kill()  # left waiting for its peer in a step: the launcher stops it
+    finish(processes)
+    assert "backup-0000000016.npz" in os.listdir(backup)
+
+    outputs = finish(start_two(tmp_path, "run", "--layout", "data", "--backup", backup))
+    for i in range(2):
+        assert os.path.exists(tmp_path / f"run-{i}.npz"), outputs[i][-3000:]
+        assert_close(load(tmp_path / f"run-{i}.npz"), full, exact=True)
+
+
+def test_sigterm_to_one_process_stops_both_with_one_backup(tmp_path, two_processes):
+    _, (full, _) = two_processes
+    backup = tmp_path / "backup"
+    processes = start_two(tmp_path, "run", "--layout", "data", "--backup", backup, "--save-freq", 1000,
+                          extra=((), ("--term-at-step", 20)))
+    outputs = finish(processes)
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 1, output[-3000:]
+        assert "TrainingInterrupted" in output
+    # They agreed at step 32 (every 16 steps) and backed up there together.
+    assert [n for n in sorted(os.listdir(backup)) if n.endswith(".npz")] == ["backup-0000000032.npz"]
+    outputs = finish(start_two(tmp_path, "run", "--layout", "data", "--backup", backup))
+    for i in range(2):
+        assert os.path.exists(tmp_path / f"run-{i}.npz"), outputs[i][-3000:]
+        assert_close(load(tmp_path / f"run-{i}.npz"), full, exact=True)
+
+
+def test_a_program_built_before_the_distribution_is_refused_by_name(tmp_path):
+    code = f"""
+import os, sys, asyncio
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+import jax, keras, numpy as np
+from trainer import Program
+inputs = keras.Input((4,))
+program = Program(inputs, keras.layers.Dense(1, name="head")(inputs))
+program.compile(optimizer="sgd", loss="mse")
+keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+try:
+    asyncio.run(program.fit(np.ones((8, 4)), np.ones((8, 1)), verbose=0))
+except ValueError as error:
+    print("ERROR", error)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert "ERROR the variable 'head/kernel' lives on one device" in done.stdout, done.stderr[-3000:]
+    assert "set_distribution" in done.stdout
