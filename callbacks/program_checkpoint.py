@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import string
 import time
 
@@ -19,7 +20,11 @@ class ProgramCheckpoint(MonitorCallback):
 
     Args:
         filepath: where to save; `.keras` for the whole program (load it with
-            `trainer.load_program`), `.weights.h5` with `save_variables_only=True`.
+            `trainer.load_program`), `.weights.h5` with `save_variables_only=True`,
+            or, on JAX, an `.orbax` folder with `save_variables_only=True`: sharded
+            variables are written by every process, each its own shards, with
+            orbax-checkpoint (nothing gathered on one host; `program.load_variables`
+            reads it back onto any device layout).
             Format fields: `{epoch}` (1-based), `{batch}` (1-based batch within the
             epoch, with `save_freq=N`), and any log key, e.g.
             `"ckpt-{epoch:02d}-{val_loss:.3f}.keras"`. An unknown field fails before
@@ -58,11 +63,15 @@ class ProgramCheckpoint(MonitorCallback):
         self._batches_seen = 0
         self.filepath = os.fspath(filepath)
         suffix = ".weights.h5" if save_variables_only else ".keras"
+        if save_variables_only and self.filepath.endswith(".orbax"):
+            suffix = ".orbax"
+            self.chief_only = False  # every process writes its own shards
         if not self.filepath.endswith(suffix):
             other = "save_variables_only=True" if suffix == ".keras" else "save_variables_only=False"
+            orbax = " or '.orbax' (a sharded folder, JAX)" if save_variables_only else ""
             raise ValueError(
                 f"ProgramCheckpoint(filepath={self.filepath!r}): with save_variables_only={save_variables_only} "
-                f"the path must end in {suffix!r} (or pass {other})."
+                f"the path must end in {suffix!r}{orbax} (or pass {other})."
             )
         if save_freq != "epoch" and not (isinstance(save_freq, int) and save_freq > 0):
             raise ValueError(f"Unrecognized save_freq: {save_freq!r}; use 'epoch' or a number of batches >= 1.")
@@ -128,7 +137,10 @@ class ProgramCheckpoint(MonitorCallback):
         save = program.save_variables if self.save_variables_only else program.save
         # The loop waits here (no step runs while the file is written), the event loop does not.
         started = time.perf_counter()
-        await in_worker_thread(atomic_write, path, save, self.suffix)
+        if self.suffix == ".orbax":  # a folder that orbax commits atomically
+            await in_worker_thread(save, path)
+        else:
+            await in_worker_thread(atomic_write, path, save, self.suffix)
         seconds = time.perf_counter() - started
         if path in self.kept:
             self.kept.remove(path)
@@ -136,7 +148,9 @@ class ProgramCheckpoint(MonitorCallback):
         if self.max_to_keep is not None:
             while len(self.kept) > self.max_to_keep:
                 old = self.kept.pop(0)
-                if os.path.exists(old):
+                if os.path.isdir(old):
+                    shutil.rmtree(old, ignore_errors=True)
+                elif os.path.exists(old):
                     os.remove(old)
         kind = "variables" if self.save_variables_only else "program"
         await self.notify_checkpoint(ManifestRow(path=path, kind=kind, epoch=epoch, step=program.step_count,

@@ -9,6 +9,7 @@ layout: orbax reads the slices each device needs, at the cost of reading across 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import keras
@@ -66,3 +67,63 @@ def restore(path: str, variables: dict[str, Any]) -> dict[str, Any]:
         return checkpointer.restore(os.path.abspath(path), target)
     finally:
         checkpointer.close()
+
+
+def save_variables(path: str, variables: list) -> None:
+    """`variables`' values as an orbax folder at `path`, each process writing its own shards.
+
+    The folder is committed under a new name and then put in place, so a kill at any
+    instant leaves the previous folder at `path` (or, between the two renames, at
+    `path + ".prev"`, which `load_variables` falls back to)."""
+    from callbacks.processes import is_chief, process_count
+
+    path = os.path.abspath(path)
+    writer = ShardedWriter()
+    try:
+        writer.start(path + ".next", {"variables": [variable.value for variable in variables]})
+        writer.wait()
+    finally:
+        writer.close()
+    if is_chief():
+        previous = path + ".prev"
+        if os.path.exists(path):
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(path, previous)
+        os.rename(path + ".next", path)
+        shutil.rmtree(previous, ignore_errors=True)
+    if process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"asyncfit save_variables {path}")  # the folder is in place everywhere
+
+
+def load_variables(path: str, variables: list) -> None:
+    """Set `variables` from a folder `save_variables` wrote, each laid out as it is now
+    (another device layout than the one that saved it works too)."""
+    import jax
+
+    path = os.path.abspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".prev"):
+        path += ".prev"  # a save was cut between its two renames
+    target = {"variables": [jax.ShapeDtypeStruct(tuple(v.shape), v.value.dtype, sharding=v.value.sharding)
+                            for v in variables]}
+    checkpointer = _orbax().StandardCheckpointer()
+    try:
+        metadata = checkpointer.metadata(path)
+        saved = _saved_count(metadata)
+        if saved is not None and saved != len(variables):
+            raise ValueError(f"{path} holds {saved} variables; this program has {len(variables)}.")
+        values = checkpointer.restore(path, target)["variables"]
+    finally:
+        checkpointer.close()
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def _saved_count(metadata) -> int | None:
+    tree = getattr(metadata, "item_metadata", metadata)
+    tree = getattr(tree, "tree", tree)
+    try:
+        return len(tree["variables"])
+    except (TypeError, KeyError):
+        return None

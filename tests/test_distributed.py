@@ -88,9 +88,10 @@ def one_device(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """2 processes x 2 devices, DataParallel, uninterrupted; process 0 alone writes the CSV."""
+    """2 processes x 2 devices, DataParallel, uninterrupted; process 0 alone writes the CSV,
+    both write their shards of a ProgramCheckpoint(save_variables_only) `.orbax` folder."""
     tmp = tmp_path_factory.mktemp("two")
-    outputs = finish(start_two(tmp, "full", "--layout", "data",
+    outputs = finish(start_two(tmp, "full", "--layout", "data", "--checkpoint", tmp / "variables.orbax",
                                extra=(("--csv", tmp / "log-0.csv"), ("--csv", tmp / "log-1.csv"))))
     assert all(os.path.exists(tmp / f"full-{i}.npz") for i in range(2)), outputs
     return tmp, [load(tmp / f"full-{i}.npz") for i in range(2)]
@@ -152,6 +153,15 @@ def test_two_processes_equal_one_process_and_only_process_0_writes(tmp_path, two
         assert len(handle.read().strip().splitlines()) == 1 + 3  # a header and three epochs
 
 
+def test_an_orbax_variables_checkpoint_loads_onto_another_layout(tmp_path, two_processes):
+    tmp, (first, _) = two_processes
+    # Written by two processes (DataParallel); read by one, with the kernel sharded over "model".
+    loaded = run_one(tmp_path / "loaded.npz", "--layout", "model", "--devices", 4, "--load", tmp / "variables.orbax")
+    for saved, read in zip(first["weights"], loaded["weights"]):
+        np.testing.assert_array_equal(saved, read)
+    assert loaded["kernel_spec"] in ("P(None, 'model')", "PartitionSpec(None, 'model')")
+
+
 def test_a_drawn_seed_is_agreed_by_every_process(tmp_path):
     outputs = finish(start_two(tmp_path, "drawn", "--layout", "data", "--seed", -1, "--epochs", 1))
     first, second = (load(tmp_path / f"drawn-{i}.npz") for i in range(2))
@@ -210,3 +220,30 @@ except ValueError as error:
                           env={**os.environ, "KERAS_BACKEND": "jax"})
     assert "ERROR the variable 'head/kernel' lives on one device" in done.stdout, done.stderr[-3000:]
     assert "set_distribution" in done.stdout
+
+
+async def test_orbax_variables_on_one_device_round_trip_and_keep_the_previous_folder(tmp_path, toy):
+    from conftest import make_program
+
+    x, y = toy
+    program = make_program()
+    await program.fit(x, y, epochs=1, verbose=0)
+    path = str(tmp_path / "vars.orbax")
+    program.save_variables(path)
+    first = [np.array(w) for w in program.get_weights()]
+    await program.fit(x, y, epochs=1, verbose=0)
+    program.save_variables(path)  # replaces the folder: committed under a new name, then renamed
+    assert sorted(os.listdir(tmp_path)) == ["vars.orbax"]
+    other = make_program(seed=3)
+    other.load_variables(path)
+    for a, b in zip(program.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other.get_weights()))
+    import keras
+
+    from trainer import Program
+
+    inputs = keras.Input((8,))
+    bigger = Program(inputs, keras.layers.Dense(1)(keras.layers.Dense(4)(keras.layers.Dense(16)(inputs))))
+    with pytest.raises(ValueError, match="holds 4 variables; this program has 6"):
+        bigger.load_variables(path)

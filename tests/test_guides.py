@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-NEEDS = {"06_ray.py": "ray"}  # guides of optional engines
+NEEDS = {"05_distributed.py": "jax", "06_ray.py": "ray"}  # guides of optional engines
 GUIDES = sorted((pathlib.Path(__file__).parent.parent / "guides").glob("[0-9][0-9]_*.py"))
 
 

@@ -1,4 +1,4 @@
-"""`keras.distribution` on JAX: how batches are laid out, and what several processes share.
+"""`keras.distribution` on JAX: how batches and state are laid out over the devices.
 
 Keras' own JAX trainer is the model: a batch goes to the devices with the active
 distribution's data layout (`distribution.get_data_layout`, then
@@ -6,7 +6,8 @@ distribution's data layout (`distribution.get_data_layout`, then
 variable's sharding. Several processes (`keras.distribution.initialize`) each run the
 same script on the same data: every process holds the whole global batch, and
 `make_array_from_process_local_data(..., global_shape=batch.shape)` takes from it only
-the rows its own devices hold.
+the rows its own devices hold. What the processes agree on lives in
+`callbacks.processes`.
 """
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ from typing import Any
 
 import keras
 import numpy as np
-
-from callbacks.processes import agree, any_process, is_chief, process_count  # noqa: F401 (re-exported)
 
 
 class Layout:

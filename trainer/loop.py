@@ -297,7 +297,7 @@ class Engine:
 
     async def _batch_by_batch(self, run: RunState, batches, split: bool, max_attempts: int):
         """An epoch's steps one at a time, with the per-batch hooks; the last step's logs."""
-        program, hooks, stepper = self.program, self.callbacks, self.stepper
+        hooks, stepper = self.callbacks, self.stepper
         wants_batch_begin = hooks.wants("on_train_batch_begin")
         wants_batch_end = hooks.wants("on_train_batch_end")
         logs = None
@@ -324,7 +324,7 @@ class Engine:
 
         Until the chunk is compiled (in the background, see `_chunk_compiled`), its batches
         train as single steps, so a first fit does not wait for that compile."""
-        program, stepper = self.program, self.stepper
+        stepper = self.stepper
         logs = None
         steps_per_epoch = run.source.steps()
         for kind, batch in run.source.epoch_chunks(epoch, first, CHUNK_STEPS):

@@ -15,11 +15,12 @@ from keras import tree
 from keras.src.models.functional import Functional
 from keras.src.models.model import functional_init_arguments
 
+from callbacks import sharded_state
 from callbacks.callback_list import CallbackList
+from callbacks.processes import agree
 from callbacks.progress_bar import ProgressBar, resolve_verbose
 from callbacks.threads import in_worker_thread
 from trainer.backends import on_backend_thread
-from trainer import distributed
 from trainer.benchmark import Benchmark
 from trainer.data import ArraySource, AsyncIterableSource, Source, closing_sources, make_source
 from trainer.history import History
@@ -158,16 +159,29 @@ class Program(keras.Model):
         self.set_weights(values)
 
     def save_variables(self, path: str) -> None:
-        """Save the variables to `path` (must end in `.weights.h5`): the file `save_weights` writes."""
+        """Save the variables to `path`: a `.weights.h5` file (the one `save_weights`
+        writes), or, on JAX, an `.orbax` folder written by orbax-checkpoint, where each
+        process writes the shards its devices hold (for sharded variables: nothing is
+        gathered on one host; every process must call it)."""
         self.jax_state_sync()
-        cache_keras_skipsets()
         path = os.fspath(path)
+        if path.endswith(".orbax"):
+            _require_jax_for_orbax(path)
+            sharded_state.save_variables(path, self.weights)
+            return
+        cache_keras_skipsets()
         if not (self.built and path.endswith(".weights.h5") and "://" not in path and save_weights_file(self, path)):
             self.save_weights(path)
 
     def load_variables(self, path: str) -> None:
-        """Load variables saved by `save_variables`."""
+        """Load variables saved by `save_variables`; from an `.orbax` folder each value is
+        laid out like its variable now (another device layout works too)."""
         self.jax_state_sync()
+        path = os.fspath(path)
+        if path.endswith(".orbax"):
+            _require_jax_for_orbax(path)
+            sharded_state.load_variables(path, self.weights)
+            return
         cache_keras_skipsets()
         self.load_weights(path)
 
@@ -371,7 +385,7 @@ class Program(keras.Model):
         _check_int("steps_per_epoch", steps_per_epoch, 1, allow_none=True)
         verbose = resolve_verbose(verbose)
         if seed is None:  # drawn once for all processes training together
-            seed = distributed.agree(int(np.random.SeedSequence().entropy % (2**31)))
+            seed = agree(int(np.random.SeedSequence().entropy % (2**31)))
 
         source = await _source(x, y, batch_size=batch_size, shuffle=shuffle, seed=seed,
                                steps_per_epoch=steps_per_epoch)
@@ -560,3 +574,9 @@ class SequentialProgram(Program, keras.Sequential):
     def __init__(self, layers=None, trainable: bool = True, name=None):
         keras.Sequential.__init__(self, layers=layers, trainable=trainable, name=name)
         self._step_count = 0
+
+
+def _require_jax_for_orbax(path: str) -> None:
+    if keras.backend.backend() != "jax":
+        raise ValueError(f"{path!r}: `.orbax` folders hold JAX arrays; on the {keras.backend.backend()} backend "
+                         "save variables to a `.weights.h5` file.")

@@ -31,6 +31,8 @@ parser.add_argument("--seed", type=int, default=5, help="the shuffle seed; -1: n
 parser.add_argument("--staged", action="store_true", help="a before_parameter_update hook that rejects once")
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--csv")
+parser.add_argument("--checkpoint", help="ProgramCheckpoint(save_variables_only=True) to this .orbax folder")
+parser.add_argument("--load", help="load_variables from this .orbax folder instead of training")
 args = parser.parse_args()
 
 os.environ["KERAS_BACKEND"] = "jax"
@@ -44,7 +46,7 @@ import numpy as np  # noqa: E402
 if args.processes > 1:
     keras.distribution.initialize(f"localhost:{args.port}", args.processes, args.process_id)
 
-from callbacks import BackupAndRestore, Callback, CSVLogger  # noqa: E402
+from callbacks import BackupAndRestore, Callback, CSVLogger, ProgramCheckpoint  # noqa: E402
 from trainer import Program  # noqa: E402
 
 seen: list[str] = []
@@ -114,14 +116,21 @@ async def main():
         callbacks.append(RejectOnce())
     if args.csv:
         callbacks.append(CSVLogger(args.csv))
-    history = await program.fit(x, y, batch_size=64, epochs=args.epochs,
-                                  seed=None if args.seed < 0 else args.seed, verbose=0, callbacks=callbacks)
+    if args.checkpoint:
+        callbacks.append(ProgramCheckpoint(args.checkpoint, save_variables_only=True, monitor="loss"))
+    if args.load:
+        program.load_variables(args.load)
+        losses = []
+    else:
+        history = await program.fit(x, y, batch_size=64, epochs=args.epochs,
+                                    seed=None if args.seed < 0 else args.seed, verbose=0, callbacks=callbacks)
+        losses = history.history["loss"]
     evaluated = await program.evaluate(x, y, batch_size=64, verbose=0)
     predicted = await program.predict(x[:100], batch_size=64, verbose=0)
     kernel = program.get_layer("hidden").kernel.value
     np.savez(args.out, *[np.asarray(w) for w in program.get_weights()], predicted=predicted,
              info=np.frombuffer(json.dumps({
-                 "loss": history.history["loss"], "evaluate": evaluated, "seen": sorted(set(seen)),
+                 "loss": losses, "evaluate": evaluated, "seen": sorted(set(seen)),
                  "kernel_spec": str(getattr(kernel.sharding, "spec", "single")), "step_count": program.step_count,
                  "process_count": jax.process_count(), "devices": jax.device_count(),
              }).encode(), dtype=np.uint8))
