@@ -200,6 +200,18 @@ def test_sigterm_to_one_process_stops_both_with_one_backup(tmp_path, two_process
         assert_close(load(tmp_path / f"run-{i}.npz"), full, exact=True)
 
 
+def test_callbacks_that_differ_between_processes_and_a_stop_asked_on_one(tmp_path):
+    # Process 0 has step stages that reject every first attempt; process 1 a per-batch
+    # hook that asks to stop after step 20. Each step is a collective, so they agree on
+    # the kind of step, on every retry, and on the stop.
+    outputs = finish(start_two(tmp_path, "stop", "--layout", "data",
+                               extra=(("--staged",), ("--stop-at-step", 20))))
+    first, second = (load(tmp_path / f"stop-{i}.npz") for i in range(2))
+    # Agreed at the next multiple of 16 steps: both end there, normally, with the same state.
+    assert first["step_count"] == second["step_count"] == 32, outputs
+    assert_close(first, second, exact=True)
+
+
 def test_a_program_built_before_the_distribution_is_refused_by_name(tmp_path):
     code = f"""
 import os, sys, asyncio

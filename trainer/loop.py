@@ -201,6 +201,10 @@ class Engine:
         split = any(hooks.wants(h) for h in STEP_STAGE_HOOKS)
         # Fused chunks: several steps per dispatch, only when nobody needs per-batch control.
         per_batch = any(hooks.wants(h) for h in PER_BATCH_HOOKS)
+        if self.processes > 1:
+            # Every process must run the same steps (each is a collective), but callbacks can
+            # differ between them (process 0 alone has the writers): a hook on one decides for all.
+            split, per_batch = await in_worker_thread(any_process, split, per_batch)
         chunked = (stepper.supports_chunks and not per_batch and isinstance(source, ArraySource)
                    and source.can_chunk())
         # Torch and TensorFlow: with nobody to call between steps, the backend thread runs
@@ -493,7 +497,10 @@ class Engine:
                     update.batch = _as_batch(update.batch)
             update.loss, update.grads, update._grad_norm, update.aux = await self.run(
                 "compute", update.batch, stepper.compute, update.batch)
-            if not (may_reject and await hooks.reject(step, update)):
+            rejected = may_reject and await hooks.reject(step, update)
+            if self.processes > 1:  # a retry is a step of its own: all retry, or none
+                (rejected,) = await in_worker_thread(any_process, rejected)
+            if not rejected:
                 break
             await self.backend(stepper.restore, snapshot)
             update.attempt += 1

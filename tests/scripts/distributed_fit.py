@@ -2,7 +2,7 @@
 
     python distributed_fit.py OUT [--processes N --process-id I --port P] [--devices D]
         [--layout none|data|model] [--backup DIR --save-freq K] [--die-at-step S]
-        [--term-at-step S] [--seed N] [--staged] [--epochs E] [--csv FILE]
+        [--term-at-step S] [--stop-at-step S] [--seed N] [--staged] [--epochs E] [--csv FILE]
 
 Writes OUT (an .npz): the final weights, the loss history, the evaluate/predict results,
 the input shardings a layer saw inside the compiled steps, and the hidden kernel's
@@ -27,6 +27,7 @@ parser.add_argument("--backup")
 parser.add_argument("--save-freq", type=int, default=8)
 parser.add_argument("--die-at-step", type=int)
 parser.add_argument("--term-at-step", type=int, help="SIGTERM this process right after this step")
+parser.add_argument("--stop-at-step", type=int, help="a callback sets stop_training right after this step")
 parser.add_argument("--seed", type=int, default=5, help="the shuffle seed; -1: none (drawn, and agreed)")
 parser.add_argument("--staged", action="store_true", help="a before_parameter_update hook that rejects once")
 parser.add_argument("--epochs", type=int, default=3)
@@ -68,6 +69,12 @@ class SignalAt(Callback):
     def on_train_batch_end(self, batch, logs=None):
         if self.program.step_count == self.step:
             os.kill(os.getpid(), self.sig)
+
+
+class StopAt(Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if self.program.step_count == args.stop_at_step:
+            self.program.stop_training = True
 
 
 class RejectOnce(Callback):
@@ -112,6 +119,8 @@ async def main():
         callbacks.append(SignalAt(args.die_at_step, signal.SIGKILL))
     if args.term_at_step is not None:
         callbacks.append(SignalAt(args.term_at_step, signal.SIGTERM))
+    if args.stop_at_step is not None:
+        callbacks.append(StopAt())
     if args.staged:
         callbacks.append(RejectOnce())
     if args.csv:
