@@ -88,11 +88,12 @@ def one_device(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
-    """2 processes x 2 devices, DataParallel, uninterrupted; process 0 alone writes the CSV,
-    both write their shards of a ProgramCheckpoint(save_variables_only) `.orbax` folder."""
+    """2 processes x 2 devices, DataParallel, uninterrupted; process 0 alone writes the CSV
+    and the `.keras` checkpoint, both write their shards of a
+    ProgramCheckpoint(save_variables_only) `.orbax` folder."""
     tmp = tmp_path_factory.mktemp("two")
     outputs = finish(start_two(tmp, "full", "--layout", "data", "--checkpoint", tmp / "variables.orbax",
-                               extra=(("--csv", tmp / "log-0.csv"), ("--csv", tmp / "log-1.csv"))))
+                               "--keras-checkpoint", tmp / "program.keras", extra=(("--csv", tmp / "log-0.csv"), ("--csv", tmp / "log-1.csv"))))
     assert all(os.path.exists(tmp / f"full-{i}.npz") for i in range(2)), outputs
     return tmp, [load(tmp / f"full-{i}.npz") for i in range(2)]
 
@@ -151,6 +152,15 @@ def test_two_processes_equal_one_process_and_only_process_0_writes(tmp_path, two
     assert os.path.exists(tmp / "log-0.csv") and not os.path.exists(tmp / "log-1.csv")
     with open(tmp / "log-0.csv") as handle:
         assert len(handle.read().strip().splitlines()) == 1 + 3  # a header and three epochs
+    # The .keras checkpoint (written by process 0 alone, from the replicated variables).
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(tmp / "program.keras") as archive:
+        with h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+            np.testing.assert_array_equal(weights["layers/dense/vars/0"][()], first["weights"][0])
 
 
 def test_an_orbax_variables_checkpoint_loads_onto_another_layout(tmp_path, two_processes):

@@ -60,9 +60,17 @@ def cache_keras_skipsets() -> None:
     """Store each kind's skip set where `get_attr_skipset` looks for it (cheap when present)."""
     if global_state.get_global_attribute(SKIPSET_KEYS[_KINDS[-1]]) is not None:
         return
-    for kind, key in SKIPSET_KEYS.items():
-        if global_state.get_global_attribute(key) is None:
-            global_state.set_global_attribute(key, saving_lib.get_attr_skipset(kind))
+    # Keras learns a skip set by building a throwaway object of each kind; under a
+    # distribution its variables would be laid out over the devices, and with several
+    # processes that placement is a collective the other processes never join.
+    distribution = global_state.get_global_attribute("distribution")
+    global_state.set_global_attribute("distribution", None)
+    try:
+        for kind, key in SKIPSET_KEYS.items():
+            if global_state.get_global_attribute(key) is None:
+                global_state.set_global_attribute(key, saving_lib.get_attr_skipset(kind))
+    finally:
+        global_state.set_global_attribute("distribution", distribution)
 
 
 @dataclass(frozen=True)

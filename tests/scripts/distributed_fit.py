@@ -33,6 +33,7 @@ parser.add_argument("--staged", action="store_true", help="a before_parameter_up
 parser.add_argument("--epochs", type=int, default=3)
 parser.add_argument("--csv")
 parser.add_argument("--checkpoint", help="ProgramCheckpoint(save_variables_only=True) to this .orbax folder")
+parser.add_argument("--keras-checkpoint", help="ProgramCheckpoint to this .keras file (process 0 writes it)")
 parser.add_argument("--load", help="load_variables from this .orbax folder instead of training")
 args = parser.parse_args()
 
@@ -127,6 +128,8 @@ async def main():
         callbacks.append(CSVLogger(args.csv))
     if args.checkpoint:
         callbacks.append(ProgramCheckpoint(args.checkpoint, save_variables_only=True, monitor="loss"))
+    if args.keras_checkpoint:
+        callbacks.append(ProgramCheckpoint(args.keras_checkpoint, monitor="loss"))
     if args.load:
         program.load_variables(args.load)
         losses = []

@@ -87,8 +87,13 @@ def with_keras_settings(fn: Callable) -> Callable:
 
 
 def _with_keras_state(keras_state: dict, fn, *args):
-    global_state.GLOBAL_STATE_TRACKER.__dict__.update(keras_state)
-    return fn(*args)
+    tracker = global_state.GLOBAL_STATE_TRACKER.__dict__
+    before = {key: tracker.get(key) for key in keras_state}
+    tracker.update(keras_state)
+    try:
+        return fn(*args)
+    finally:  # a pool thread's next job must not inherit these settings
+        tracker.update(before)
 
 
 async def in_backend_thread(fn, *args, keras_state: dict | None = None):
