@@ -79,8 +79,16 @@ def _build_functions(program, layout: distributed.Layout | None) -> dict:
         out = dict.fromkeys(("compute", "apply", "fused", "chunk", "test", "predict", "grad_norm"))
     else:  # the state keeps its variables' shardings; what the host reads is replicated
         state, every = layout.state_shardings(program), layout.replicated
-        out = {"compute": (every, state[0], every, None), "apply": (every, state), "fused": (every, every, state),
+        out = {"compute": None, "apply": (every, state), "fused": (every, every, state),
                "chunk": (every, every, state), "test": (every, state[3]), "predict": every, "grad_norm": every}
+        unconstrained_compute = compute
+
+        def compute(state_values, batch):
+            # The gradients laid out like their variables; `aux` (predictions, the batch)
+            # stays as computed: an out_shardings entry of None would gather it everywhere.
+            loss, grads, norm, aux = unconstrained_compute(state_values, batch)
+            constrain = jax.lax.with_sharding_constraint
+            return constrain(loss, every), constrain(grads, state[0]), constrain(norm, every), aux
 
     def jit(fn, kind: str, **kwargs):
         if out[kind] is None:
