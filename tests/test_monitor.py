@@ -206,19 +206,25 @@ def build_logistic(config):
     return program
 
 
-async def test_experiment_maps_to_mlflow_experiment_parent_and_child_runs(server, toy):
-    monitor = Monitor(tracking_uri=server.uri, log_program=False)
-    experiment = Experiment("mapped", build_logistic, {"a": {"lr": 0.1}, "b": {"lr": 0.01}}, n_repeats=2)
-    await experiment.run(*toy, epochs=1, callbacks=[monitor])
-    client = MlflowClient(server.uri)
-    found = client.get_experiment_by_name("mapped")
-    runs = client.search_runs([found.experiment_id])
+def experiment_hierarchy(client, name: str) -> list:
+    """Checks the MLflow experiment `name` holds a parent run per arm (a, b) and a child run
+    per run under its arm's parent; returns the child runs."""
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     parents = {r.info.run_name: r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags}
     assert set(parents) == {"a", "b"}
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert sorted(r.info.run_name for r in children) == ["a-0", "a-1", "b-0", "b-1"]
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parents[child.data.tags["asyncfit.arm"]]
+    return children
+
+
+async def test_experiment_maps_to_mlflow_experiment_parent_and_child_runs(server, toy):
+    monitor = Monitor(tracking_uri=server.uri, log_program=False)
+    experiment = Experiment("mapped", build_logistic, {"a": {"lr": 0.1}, "b": {"lr": 0.01}}, n_repeats=2)
+    await experiment.run(*toy, epochs=1, callbacks=[monitor])
+    client = MlflowClient(server.uri)
+    for child in experiment_hierarchy(client, "mapped"):
         assert child.data.params["config.lr"] in ("0.1", "0.01") and "loss" in child.data.metrics
 
 
@@ -233,13 +239,7 @@ async def test_experiment_on_ray_gives_the_same_mlflow_hierarchy(server, toy):
     finally:
         ray.shutdown()
     client = MlflowClient(server.uri)
-    runs = client.search_runs([client.get_experiment_by_name("on-ray").experiment_id])
-    parents = {r.info.run_name: r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags}
-    assert set(parents) == {"a", "b"}
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert sorted(r.info.run_name for r in children) == ["a-0", "a-1", "b-0", "b-1"]
-    for child in children:
-        assert child.data.tags["mlflow.parentRunId"] == parents[child.data.tags["asyncfit.arm"]]
+    for child in experiment_hierarchy(client, "on-ray"):
         assert child.info.status == "FINISHED"
         assert steps(client, child.info.run_id, "loss") == [0, 1]  # each epoch, streamed from its worker
 

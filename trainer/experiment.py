@@ -212,6 +212,11 @@ class Experiment:
             if not isinstance(benchmark, Benchmark):
                 raise TypeError(f"benchmarks[{name!r}] is a {type(benchmark).__name__}; give trainer.Benchmark(x, y).")
 
+    def run_context(self, group_ctx: ExperimentContext, arm: str, repeat: int) -> ExperimentContext:
+        """The context of one run (its arm, repeat, seed and config), under its group's."""
+        return group_ctx.child(arm=arm, repeat=repeat, seed=self.run_seed(arm, repeat),
+                               run_config=dict(self.arms[arm]))
+
     def run_seed(self, arm: str, repeat: int) -> int:
         """The seed of one run: reproducible, distinct across arms and repeats."""
         index = list(self.arms).index(arm)
@@ -261,8 +266,7 @@ class Experiment:
                 if key in done:
                     runs[key] = done[key]
                     return
-                run_ctx = group_ctx.child(arm=arm, repeat=repeat, seed=self.run_seed(arm, repeat),
-                                          run_config=dict(self.arms[arm]))
+                run_ctx = self.run_context(group_ctx, arm, repeat)
                 await shared.fire("on_run_begin", run_ctx)
                 result = await self._train(run_ctx, x, y, shared if max_concurrency == 1 else None,
                                            run_callbacks, fit_kwargs, experiment_hooks=shared)

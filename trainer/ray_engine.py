@@ -135,8 +135,7 @@ async def run_on_ray(experiment: Experiment, engine: RayEngine, x, y, *, callbac
         for repeat in range(experiment.n_repeats):
             if (arm, repeat) in done:
                 continue
-            run_ctx = ctx.child(group=arm, arm=arm, repeat=repeat, seed=experiment.run_seed(arm, repeat),
-                                run_config=dict(experiment.arms[arm]))
+            run_ctx = experiment.run_context(ctx.child(group=arm), arm, repeat)
             tasks[(arm, repeat)] = (remote.remote(experiment, run_ctx, data, run_callbacks, queue), run_ctx.seed)
     follower = _Follower(queue, tasks)
     runs: dict[tuple, RunResult] = {}
@@ -150,8 +149,7 @@ async def run_on_ray(experiment: Experiment, engine: RayEngine, x, y, *, callbac
                 if key in done:
                     runs[key] = done[key]
                     continue
-                run_ctx = group_ctx.child(arm=arm, repeat=repeat, seed=experiment.run_seed(arm, repeat),
-                                          run_config=dict(experiment.arms[arm]))
+                run_ctx = experiment.run_context(group_ctx, arm, repeat)
                 await shared.fire("on_run_begin", run_ctx)
                 result = await follower.follow(key, shared)
                 runs[key] = result
