@@ -21,7 +21,7 @@ import numpy as np
 from callbacks import sharded_state, signals
 from callbacks.atomic import atomic_write, fsync_dir
 from callbacks.callback import Callback, ManifestRow
-from callbacks.processes import any_process, is_chief, process_count
+from callbacks.processes import any_process, is_chief, process_count, process_index
 from callbacks.safe_state import decode, dumps, encode, loads
 
 # Format 2: the metadata and every callback's state as JSON, arrays beside it; nothing is
@@ -73,12 +73,6 @@ def set_global_rng_state(state: dict) -> None:
         import tensorflow as tf
 
         tf.random.get_global_generator().reset(state["tensorflow"])
-
-
-def _process_index() -> int:
-    import jax
-
-    return jax.process_index()
 
 
 def host_view(value) -> np.ndarray:
@@ -223,7 +217,7 @@ class BackupAndRestore(Callback):
     @property
     def lock_path(self) -> str:
         # Several processes of one run share the folder: each holds a lock of its own.
-        return os.path.join(self.backup_dir, "lock" if self._chief else f"lock-{_process_index()}")
+        return os.path.join(self.backup_dir, "lock" if self._chief else f"lock-{process_index()}")
 
     def backups(self) -> list[str]:
         """Backup files, newest first."""

@@ -20,13 +20,18 @@ def process_count() -> int:
     return jax.process_count()
 
 
-def is_chief() -> bool:
-    """Whether this process writes for all of them (process 0; always True alone)."""
+def process_index() -> int:
+    """This process's index among those training together (0 alone)."""
     if keras.backend.backend() != "jax":
-        return True
+        return 0
     import jax
 
-    return jax.process_index() == 0
+    return jax.process_index()
+
+
+def is_chief() -> bool:
+    """Whether this process writes for all of them (process 0; always True alone)."""
+    return process_index() == 0
 
 
 def agree(value: int) -> int:
@@ -48,4 +53,4 @@ def any_process(*flags: bool) -> tuple[bool, ...]:
     return tuple(bool(v) for v in gathered.reshape(-1, len(flags)).any(axis=0))
 
 
-__all__ = ["agree", "any_process", "is_chief", "process_count"]
+__all__ = ["agree", "any_process", "is_chief", "process_count", "process_index"]

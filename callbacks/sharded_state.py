@@ -14,6 +14,8 @@ from typing import Any
 
 import keras
 
+from callbacks.processes import is_chief, process_count
+
 EXTRA = "asyncfit[distributed]"
 
 
@@ -75,8 +77,6 @@ def save_variables(path: str, variables: list) -> None:
     The folder is committed under a new name and then put in place, so a kill at any
     instant leaves the previous folder at `path` (or, between the two renames, at
     `path + ".prev"`, which `load_variables` falls back to)."""
-    from callbacks.processes import is_chief, process_count
-
     path = os.path.abspath(path)
     writer = ShardedWriter()
     try:
