@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from callbacks import BackupAndRestore, Callback, CSVLogger, ProgramCheckpoint
-from conftest import CrashAt, make_program, weights_of
+from conftest import BACKEND, CrashAt, make_program, weights_of
 
 
 class Slow(Callback):
@@ -61,6 +61,45 @@ async def test_wait_for_timeout_during_a_compile(toy):
     await program.fit(x, y, batch_size=40, epochs=1, verbose=0)
     assert program.step_count >= 7
 
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="JAX compiles its steps; torch and TensorFlow run them eagerly")
+async def test_the_first_compile_runs_beside_a_slow_on_train_begin(toy):
+    """The first step's compile starts with the fit, so a slow start (an MLflow run, a
+    restore) and the compile overlap; on_train_begin's changes to the variables still count."""
+    import jax
+
+    x, y = toy
+    program = make_program()
+    reference = make_program()
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration" and kwargs.get("fun_name") == "jit(fused)":
+            compiled.append(duration)
+
+    class SlowStart(Callback):
+        seen = None
+
+        async def on_train_begin(self, logs=None):
+            for _ in range(600):  # up to a minute: the compile takes well under a second
+                if compiled:
+                    break
+                await asyncio.sleep(0.1)
+            self.seen = len(compiled)
+            self.program.set_weights([w * 0.5 for w in self.program.get_weights()])  # as a restore would
+
+    start = SlowStart()
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        await program.fit(x, y, batch_size=40, epochs=1, shuffle=False, verbose=0, callbacks=[start])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert start.seen == 1  # the first step was compiled while on_train_begin ran
+    reference.set_weights([w * 0.5 for w in reference.get_weights()])
+    await reference.fit(x, y, batch_size=40, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(weights_of(program), weights_of(reference)):
+        np.testing.assert_array_equal(a, b)
 
 # 2. one call per program at a time --------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from keras import tree
 
 from callbacks.callback import StopTraining, TrainingInterrupted, Update
 from callbacks.callback_list import CallbackList
-from callbacks.threads import FAST_GIL_HANDOFF, in_worker_thread, to_host
+from callbacks.threads import FAST_GIL_HANDOFF, await_to_the_end, in_worker_thread, to_host
 from callbacks.processes import any_process, process_count
 from trainer.backends import first_dim, make_stepper, with_keras_settings
 from trainer.benchmark import score as score_benchmark
@@ -72,9 +72,12 @@ def wait_for_background_compiles() -> None:
     BACKGROUND_COMPILES.submit(lambda: None).result()
 
 
-def _in_background(compile_job) -> None:
+def _in_background(compile_job) -> float:
+    """Run `compile_job` in this (worker) thread; the seconds it took."""
+    started = time.perf_counter()
     with FAST_GIL_HANDOFF.held():  # its tracing holds the GIL: hand it back to the loop often
         compile_job()
+    return time.perf_counter() - started
 
 
 class Pacer:
@@ -169,7 +172,8 @@ class Engine:
         self.stepper = make_stepper(program)
         self.pacer = Pacer(self.stepper)
         self.processes = process_count()
-        self.compiling_s = 0.0  # seconds this engine's steps spent waiting for compiles
+        self.compiles_awaited = 0  # how many compiles this engine's steps have waited for
+        self.ahead: dict = {}  # signature -> the compile `_compile_ahead` started for it
 
     async def run(self, kind: str, batch, fn: Callable, *args):
         """Call `fn(*args)`, a step on `batch`. Torch and TensorFlow: on the backend thread,
@@ -182,12 +186,45 @@ class Engine:
         if signature not in stepper.seen:
             # Compile only, in a worker thread: nothing runs or is donated there, so a
             # cancellation meanwhile leaves the program as it was.
-            started = time.perf_counter()
-            await in_worker_thread(with_keras_settings(stepper.compile_job(kind, *args)))
-            stepper.compile_seconds[kind] = seconds = time.perf_counter() - started
-            self.compiling_s += seconds
+            ahead = self.ahead.pop(signature, None)
+            if ahead is not None:  # started with the fit
+                stepper.compile_seconds[kind] = await await_to_the_end(ahead)
+            else:
+                stepper.compile_seconds[kind] = await in_worker_thread(
+                    _in_background, with_keras_settings(stepper.compile_job(kind, *args)))
+            self.compiles_awaited += 1
             stepper.seen.add(signature)
         return fn(*args)
+
+    def _compile_ahead(self, source: Source, split: bool) -> None:
+        """JAX, array data: the first step's compile starts now, in a worker thread, so the
+        fit's start (on_train_begin: a restore, an MLflow run; the first shuffle) goes on
+        beside it; the first step awaits it (`run`)."""
+        stepper = self.stepper
+        if stepper.off_loop or not isinstance(source, ArraySource):
+            return
+        kind = "compute" if split else "fused"
+        try:
+            batch = source.first_batch()
+            signature = stepper.signature(kind, batch)
+            if signature in stepper.seen:
+                return
+            # The job holds the state as it is now; the first step reads it again
+            # (on_train_begin may restore the variables meanwhile).
+            job = with_keras_settings(stepper.compile_job(kind, batch, again=True))
+        except Exception:  # noqa: BLE001 - the first step meets it again, inside the hooks' error path
+            return
+        self.ahead[signature] = asyncio.get_running_loop().run_in_executor(None, _in_background, job)
+
+    async def _compiles_ahead_done(self) -> None:
+        """A fit that ends before its first step still waits for the compile it started (a
+        thread cannot be stopped halfway); its outcome is the next fit's to find."""
+        for ahead in self.ahead.values():
+            try:
+                await await_to_the_end(ahead)
+            except Exception:  # noqa: BLE001 - the step that needs it raises it, as it compiles again
+                pass
+        self.ahead.clear()
 
     async def backend(self, fn: Callable, *args):
         """Backend work other than steps (metrics, snapshots): where the steps run."""
@@ -198,6 +235,13 @@ class Engine:
     # -- training ------------------------------------------------------------------------
     @with_run_settings
     async def fit(self, run: RunState, *, initial_epoch: int, validation_freq: int, max_attempts: int) -> dict:
+        try:
+            return await self._fit(run, initial_epoch=initial_epoch, validation_freq=validation_freq,
+                                   max_attempts=max_attempts)
+        finally:
+            await self._compiles_ahead_done()
+
+    async def _fit(self, run: RunState, *, initial_epoch: int, validation_freq: int, max_attempts: int) -> dict:
         program, hooks, stepper = self.program, self.callbacks, self.stepper
         source, validation, epochs = run.source, run.validation, run.epochs
         split = any(hooks.wants(h) for h in STEP_STAGE_HOOKS)
@@ -209,6 +253,7 @@ class Engine:
             split, per_batch = await in_worker_thread(any_process, split, per_batch)
         chunked = (stepper.supports_chunks and not per_batch and isinstance(source, ArraySource)
                    and source.can_chunk())
+        self._compile_ahead(source, split)
         # Torch and TensorFlow: with nobody to call between steps, the backend thread runs
         # several steps per hand-off, reading the batches itself.
         eager_runs = stepper.off_loop and not per_batch and not source.is_async
@@ -349,7 +394,7 @@ class Engine:
                 continue
             singles = [batch] if kind != "chunk" else [tuple(None if p is None else p[i] for p in batch)
                                                         for i in range(CHUNK_STEPS)]
-            started, compiling = time.perf_counter(), self.compiling_s
+            started, compiles = time.perf_counter(), self.compiles_awaited
             for single in singles:
                 logs, run.batch_loss = await self.run("fused", single, stepper.train_step, single)
                 await self._steps_done(run, 1, logs)
@@ -359,7 +404,7 @@ class Engine:
             # Timed only without a compile among them: the first fit's first steps (a compile,
             # then a first call that fills JAX's dispatch caches) would look tens of times
             # dearer than the rest, and start the chunk's compile at once.
-            if kind == "chunk" and self.compiling_s == compiling:
+            if kind == "chunk" and self.compiles_awaited == compiles:
                 signature = stepper.signature("chunk", batch)
                 seconds, steps = stepper.single_seconds.get(signature, (0.0, 0))
                 stepper.single_seconds[signature] = (seconds + time.perf_counter() - started, steps + CHUNK_STEPS)

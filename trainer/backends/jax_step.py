@@ -31,14 +31,21 @@ def _has_convolutions(program) -> bool:
 
 
 def _build_functions(program, layout: distributed.Layout | None) -> dict:
-    def compute(state, batch):
+    def gradients(state, batch):
         trainable, non_trainable, optimizer_vars, metrics_vars = state
         x, y, sample_weight = batch
         grad_fn = jax.value_and_grad(program.compute_loss_and_updates, has_aux=True)
         (_, aux), grads = grad_fn(trainable, non_trainable, metrics_vars, x, y, sample_weight,
                                   training=True, optimizer_variables=optimizer_vars)
         unscaled_loss, y_pred, new_non_trainable, new_metrics = aux
-        return unscaled_loss, grads, _global_norm(grads), (unscaled_loss, y_pred, new_non_trainable, new_metrics, batch)
+        return unscaled_loss, grads, (unscaled_loss, y_pred, new_non_trainable, new_metrics, batch)
+
+    def compute(state, batch):
+        loss, grads, aux = gradients(state, batch)
+        norm = _global_norm(grads)
+        if layout is not None:  # read by hooks on every process
+            norm = jax.lax.with_sharding_constraint(norm, layout.replicated)
+        return loss, grads, norm, aux
 
     def apply(state, grads, aux):
         trainable, _, optimizer_vars, _ = state
@@ -48,7 +55,7 @@ def _build_functions(program, layout: distributed.Layout | None) -> dict:
         return logs, (trainable, non_trainable, optimizer_vars, metrics_vars)
 
     def fused(state, batch):
-        loss, grads, _, aux = compute(state, batch)
+        loss, grads, aux = gradients(state, batch)  # no gradient norm: nobody sees it here
         logs, state = apply(state, grads, aux)
         return logs, loss, state
 
@@ -81,14 +88,14 @@ def _build_functions(program, layout: distributed.Layout | None) -> dict:
         state, every = layout.state_shardings(program), layout.replicated
         out = {"compute": None, "apply": (every, state), "fused": (every, every, state),
                "chunk": (every, every, state), "test": (every, state[3]), "predict": every, "grad_norm": every}
-        unconstrained_compute = compute
+        unconstrained_gradients = gradients
 
-        def compute(state_values, batch):
+        def gradients(state_values, batch):
             # The gradients laid out like their variables; `aux` (predictions, the batch)
             # stays as computed: an out_shardings entry of None would gather it everywhere.
-            loss, grads, norm, aux = unconstrained_compute(state_values, batch)
+            loss, grads, aux = unconstrained_gradients(state_values, batch)
             constrain = jax.lax.with_sharding_constraint
-            return constrain(loss, every), constrain(grads, state[0]), constrain(norm, every), aux
+            return constrain(loss, every), constrain(grads, state[0]), aux
 
     def jit(fn, kind: str, **kwargs):
         if out[kind] is None:
@@ -191,13 +198,16 @@ class Stepper:
             return self.fns["predict"], (trainable, non_trainable, self._placed(args[0]))
         raise ValueError(f"unknown step kind {kind!r}")
 
-    def compile_job(self, kind: str, *args):
+    def compile_job(self, kind: str, *args, again: bool = False):
         """A function that compiles the step of `kind` for these arguments without running
         it, for a worker thread. Its arguments are taken here, on the caller's thread; the
         compile reads only their shapes (a buffer donated meanwhile is fine), and donates or
         changes nothing, so a cancelled caller loses nothing. The next call on these shapes
-        finds the compiled step in JAX's caches (about 1-5 ms to look up)."""
+        finds the compiled step in JAX's caches (about 1-5 ms to look up). With `again`, the
+        next step reads the state from the variables again (they may change before it)."""
         fn, fn_args = self._jitted_call(kind, *args)
+        if again and self._synced:
+            self._stale = True
         return lambda: fn.lower(*fn_args).compile()
 
     # -- steps -----------------------------------------------------------------------
