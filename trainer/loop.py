@@ -217,14 +217,16 @@ class Engine:
         self.ahead[signature] = asyncio.get_running_loop().run_in_executor(None, _in_background, job)
 
     async def _compiles_ahead_done(self) -> None:
-        """A fit that ends before its first step still waits for the compile it started (a
-        thread cannot be stopped halfway); its outcome is the next fit's to find."""
-        for ahead in self.ahead.values():
+        """A fit that ends before the step it compiled ahead (stopped, failed, or its first
+        step was another kind) still waits for that compile (a thread cannot be stopped
+        halfway); what it compiled is there for the next fit."""
+        ahead, self.ahead = self.ahead, {}
+        for signature, compiling in ahead.items():
             try:
-                await await_to_the_end(ahead)
+                self.stepper.compile_seconds[signature[0]] = await await_to_the_end(compiling)
             except Exception:  # noqa: BLE001 - the step that needs it raises it, as it compiles again
-                pass
-        self.ahead.clear()
+                continue
+            self.stepper.seen.add(signature)
 
     async def backend(self, fn: Callable, *args):
         """Backend work other than steps (metrics, snapshots): where the steps run."""
