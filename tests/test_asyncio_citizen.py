@@ -62,7 +62,6 @@ async def test_wait_for_timeout_during_a_compile(toy):
     assert program.step_count >= 7
 
 
-
 @pytest.mark.skipif(BACKEND != "jax", reason="JAX compiles its steps; torch and TensorFlow run them eagerly")
 async def test_the_first_compile_runs_beside_a_slow_on_train_begin(toy):
     """The first step's compile starts with the fit, so a slow start (an MLflow run, a
@@ -100,6 +99,7 @@ async def test_the_first_compile_runs_beside_a_slow_on_train_begin(toy):
     await reference.fit(x, y, batch_size=40, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(weights_of(program), weights_of(reference)):
         np.testing.assert_array_equal(a, b)
+
 
 # 2. one call per program at a time --------------------------------------------------------------------
 
