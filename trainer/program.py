@@ -24,6 +24,7 @@ from trainer.backends import on_backend_thread
 from trainer.benchmark import Benchmark
 from trainer.data import ArraySource, AsyncIterableSource, Source, closing_sources, make_source
 from trainer.history import History
+from trainer.host_constants import host_constant_initializers
 from trainer.keras_saving import cache_keras_skipsets, save_keras_file, save_weights_file
 from trainer.loop import Engine, RunState
 from trainer.observability import with_monitor
@@ -242,7 +243,8 @@ class Program(keras.Model):
                     )
         try:
             if self.compiled and with_targets:
-                self._symbolic_build(data_batch=batch)
+                with host_constant_initializers():  # the optimizer's zeros without compiling
+                    self._symbolic_build(data_batch=batch)
             if not isinstance(self, Functional) or not with_targets:
                 spec = tree.map_structure(
                     lambda a: keras.KerasTensor((None,) + tuple(a.shape[1:]), keras.backend.standardize_dtype(a.dtype)),
@@ -257,7 +259,8 @@ class Program(keras.Model):
                                      f"does not know: {text}") from error
             raise ValueError(f"the features do not fit the program: {error}") from error
         if with_targets and getattr(self, "optimizer", None) is not None and not self.optimizer.built:
-            self.optimizer.build(self.trainable_variables)
+            with host_constant_initializers():
+                self.optimizer.build(self.trainable_variables)
 
     def expected_log_keys(self, evaluators: tuple[str, ...] = ()) -> list[str]:
         """The keys that `fit` will log, known once the program is built."""
