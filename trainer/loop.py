@@ -188,13 +188,18 @@ class Engine:
             # cancellation meanwhile leaves the program as it was.
             ahead = self.ahead.pop(signature, None)
             if ahead is not None:  # started with the fit
-                stepper.compile_seconds[kind] = await await_to_the_end(ahead)
+                seconds = await await_to_the_end(ahead)
             else:
-                stepper.compile_seconds[kind] = await in_worker_thread(
+                seconds = await in_worker_thread(
                     _in_background, with_keras_settings(stepper.compile_job(kind, *args)))
             self.compiles_awaited += 1
-            stepper.seen.add(signature)
+            self._compiled(signature, seconds)
         return fn(*args)
+
+    def _compiled(self, signature: tuple, seconds: float) -> None:
+        """Record the step of `signature` as compiled (later calls go straight to it)."""
+        self.stepper.compile_seconds[signature[0]] = seconds
+        self.stepper.seen.add(signature)
 
     def _compile_ahead(self, source: Source, split: bool) -> None:
         """JAX, array data: the first step's compile starts now, in a worker thread, so the
@@ -223,10 +228,10 @@ class Engine:
         ahead, self.ahead = self.ahead, {}
         for signature, compiling in ahead.items():
             try:
-                self.stepper.compile_seconds[signature[0]] = await await_to_the_end(compiling)
+                seconds = await await_to_the_end(compiling)
             except Exception:  # noqa: BLE001 - the step that needs it raises it, as it compiles again
                 continue
-            self.stepper.seen.add(signature)
+            self._compiled(signature, seconds)
 
     async def backend(self, fn: Callable, *args):
         """Backend work other than steps (metrics, snapshots): where the steps run."""
